@@ -1,0 +1,50 @@
+"""edifice — generative models in PyTorch, in a functional style.
+
+Builder functions return plain ``nn.Module``s (or named tuples of them); losses, samplers, step
+functions, schedules and integrators are pure functions. The registry maps a family name to its
+module so that ``edifice.build("flow_matching", data_shape=(2,))`` works for every family.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "build", "models", "family"]
+
+# name -> module path. A family module exposes build(...), loss(...), sample(...) and its step functions.
+_FAMILIES: dict[str, str] = {
+    "ddpm": "edifice.generative.ddpm",
+    "ddim": "edifice.generative.ddim",
+    "flow_matching": "edifice.generative.flow_matching",
+}
+
+
+def models() -> list[str]:
+    """Names of every registered family, sorted."""
+    return sorted(_FAMILIES)
+
+
+def family(name: str) -> ModuleType:
+    """The module of family ``name`` (its ``build``, ``loss``, ``sample`` and step functions).
+
+    Raises:
+        ValueError: if ``name`` is not a registered family; the message lists the valid names.
+    """
+    if not isinstance(name, str) or name not in _FAMILIES:
+        raise ValueError(f"unknown model {name!r}; valid names are: {', '.join(models())}")
+    return importlib.import_module(_FAMILIES[name])
+
+
+def build(name: str, **options: Any):
+    """Build the network(s) of family ``name``: ``edifice.build("ddpm", data_shape=(2,))``.
+
+    Returns whatever the family's ``build`` returns: an ``nn.Module`` or a named tuple of modules.
+
+    Raises:
+        ValueError: for an unknown name (listing the valid ones) or an invalid option.
+    """
+    return family(name).build(**options)
