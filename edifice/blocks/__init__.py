@@ -1,0 +1,18 @@
+"""Shared building blocks, each defined once: embeddings, AdaLN, attention, MLPs and the U-Net.
+
+Families import these rather than defining their own, e.g. ``from edifice.blocks import ResMLP, UNet``.
+"""
+
+from edifice.blocks.adaln import AdaLNZero, modulate
+from edifice.blocks.attention import CrossAttention, SelfAttention
+from edifice.blocks.embedding import LabelEmbedding, TimestepEmbedding, condition_vector, sinusoidal_embedding
+from edifice.blocks.mlp import ACTIVATIONS, MLP, ResMLP
+from edifice.blocks.unet import UNet
+
+__all__ = [
+    "sinusoidal_embedding", "TimestepEmbedding", "LabelEmbedding", "condition_vector",
+    "modulate", "AdaLNZero",
+    "SelfAttention", "CrossAttention",
+    "ACTIVATIONS", "MLP", "ResMLP",
+    "UNet",
+]

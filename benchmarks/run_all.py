@@ -1,0 +1,46 @@
+"""Run every benchmark and print their tables: ``python benchmarks/run_all.py [--quick] [...]``.
+
+The benchmarks run one after another in this process (imports are paid once); each prints its
+markdown table and writes ``<out-dir>/<name>.json``. Every option is passed on to each benchmark
+(``--quick``, ``--device``, ``--threads``, ``--out-dir``, ``--repeats``). A benchmark that fails is
+reported and the others still run; the exit status is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+
+import common
+import main_job
+import sampler_overhead
+import train_throughput
+
+BENCHMARKS = {
+    "sampler_overhead": sampler_overhead.main,
+    "train_throughput": train_throughput.main,
+    "main_job": main_job.main,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    common.parser(__doc__.splitlines()[0]).parse_args(argv)  # validate (and answer --help) once
+    failed = []
+    start = time.perf_counter()
+    for name, fn in BENCHMARKS.items():
+        print(f"\n## {name}\n", flush=True)
+        t0 = time.perf_counter()
+        try:
+            fn(argv)
+        except Exception:  # noqa: BLE001 - report and carry on with the other benchmarks
+            traceback.print_exc()
+            failed.append(name)
+        print(f"({name}: {time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"\nall benchmarks: {time.perf_counter() - start:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Command line: ``edifice list | train | sample | eval``.
+
+::
+
+    edifice list
+    edifice train flow_matching --data moons --steps 3000 --out runs/demo
+    edifice sample runs/demo --n 1000 --sampler rk4 --steps 20 --out runs/demo/more
+    edifice eval runs/demo --n 2000
+
+``train`` writes a checkpoint, ``log.jsonl``, ``loss.png``, then evaluates: ``samples.png``,
+``samples.npy`` and ``metrics.json``. Running ``train`` again with the same settings and a larger
+``--steps`` resumes the run. It also runs under ``torchrun --nproc_per_node=N -m edifice train ...``.
+
+Bad arguments print a message and exit with status 2 before anything is written. This module
+only parses arguments and calls :mod:`edifice.train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser", "parse_option"]
+
+
+class _ArgError(Exception):
+    """A user error found while validating (exit status 2)."""
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """Parse ``key=value``; the value is read as a JSON literal when possible (``3``, ``true``,
+    ``[1, 2]``, ``null``), else kept as a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise _ArgError(f"--option must look like key=value, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def _options(items: Sequence[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, value = parse_option(item)
+        if key in out:
+            raise _ArgError(f"--option {key} given twice")
+        out[key] = value
+    return out
+
+
+def _check_writable_dir(path: Path, what: str) -> None:
+    """Raise unless ``path`` is (or can be created as) a writable folder."""
+    if path.exists():
+        if not path.is_dir():
+            raise _ArgError(f"{what} {str(path)!r} exists and is not a folder")
+        if not os.access(path, os.W_OK):
+            raise _ArgError(f"{what} {str(path)!r} is not writable")
+        return
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise _ArgError(f"cannot create {what} {str(path)!r}: {str(parent)!r} is not a writable folder")
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise _ArgError(f"{name} must be a positive int, got {value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (subcommands ``list``, ``train``, ``sample``, ``eval``)."""
+    p = argparse.ArgumentParser(prog="edifice", description="Train, sample and evaluate generative models.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    lst = sub.add_parser("list", help="list families, their samplers, and data sets")
+    lst.set_defaults(_parser=lst)
+
+    t = sub.add_parser("train", help="train a family on a data set (resumes an existing run folder)")
+    t.set_defaults(_parser=t)
+    t.add_argument("family", help="model family, e.g. ddpm or flow_matching (see `edifice list`)")
+    t.add_argument("--data", required=True, help="data set name (moons, digits, mnist, npz:PATH, folder:PATH, ...)")
+    t.add_argument("--steps", type=int, required=True, help="total optimiser steps")
+    t.add_argument("--out", required=True, help="run folder (created; an existing run is resumed)")
+    t.add_argument("--batch-size", type=int, default=256, help="global batch size (default 256)")
+    t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the weights and of every step (default 0)")
+    t.add_argument("--data-dir", default=None, help="folder holding image data sets (e.g. mnist.npz)")
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    t.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the weights (default 0.999)")
+    t.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables (default 1)")
+    t.add_argument("--log-every", type=int, default=None, help="steps between log lines")
+    t.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints (default 500)")
+    t.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="family option, repeatable, e.g. --option hidden=128 --option coupling=ot")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    t.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
+    t.add_argument("--eval-n", type=int, default=None, help="samples for the final evaluation")
+
+    s = sub.add_parser("sample", help="draw samples from a trained run: FILE.png and FILE.npy")
+    s.set_defaults(_parser=s)
+    s.add_argument("run_dir", help="run folder written by `edifice train`")
+    s.add_argument("--n", type=int, required=True, help="number of samples")
+    s.add_argument("--out", required=True, help="output path; FILE.png (picture) and FILE.npy (array) are written")
+    s.add_argument("--sampler", default=None, help="sampler name (default: the family's)")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
+    s.add_argument("--label", type=int, default=None, help="class label (conditional models only)")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    s.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
+
+    e = sub.add_parser("eval", help="evaluate a trained run against held-out data; writes RUN_DIR/metrics.json")
+    e.set_defaults(_parser=e)
+    e.add_argument("run_dir", help="run folder written by `edifice train`")
+    e.add_argument("--n", type=int, default=None, help="samples (default 2000 for points, 256 for images)")
+    e.add_argument("--sampler", default=None, help="sampler name (default: the family's)")
+    e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
+    e.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    e.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
+    e.add_argument("--data-dir", default=None, help="override where the run's image data set is looked up")
+    e.add_argument("--no-nll", action="store_true", help="skip the likelihood")
+    return p
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    keys = [k for k in ("w2", "sliced_wasserstein", "mmd", "energy", "nll", "nll_se", "bpd") if k in metrics]
+    print(f"{metrics['family']} on {metrics['data']} (step {metrics['step']}; {metrics['sampler']} x "
+          f"{metrics['steps']}; n={metrics['n']})")
+    for k in keys:
+        v = metrics[k]
+        print(f"  {k:<20s} {'n/a' if v is None else format(v, '.4f')}")
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from . import data
+    from .train import RECIPES
+
+    print("families:")
+    for name, r in sorted(RECIPES.items()):
+        samplers = ", ".join(f"{s}" + ("*" if s == r.default_sampler else "") for s in r.samplers)
+        print(f"  {name:<16s} {r.summary}\n  {'':<16s} samplers: {samplers}  (* default)")
+    print("data sets:")
+    print("  " + ", ".join(getattr(data, "DATASETS", ())))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import RECIPES, evaluate, fit
+    from .train.distributed import env_rank
+
+    if args.family not in RECIPES:
+        raise _ArgError(f"unknown family {args.family!r}; valid families: {', '.join(sorted(RECIPES))}")
+    _positive("--steps", args.steps)
+    _positive("--batch-size", args.batch_size)
+    _positive("--log-every", args.log_every)
+    _positive("--ckpt-every", args.ckpt_every)
+    _positive("--eval-n", args.eval_n)
+    options = _options(args.option)
+    out = Path(args.out)
+    _check_writable_dir(out, "--out")
+    t0 = time.perf_counter()
+    result = fit(args.family, args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                 out=out, options=options, ema_decay=args.ema_decay,
+                 grad_clip=None if args.grad_clip == 0 else args.grad_clip, weight_decay=args.weight_decay,
+                 log_every=args.log_every, ckpt_every=args.ckpt_every, device=args.device, data_dir=args.data_dir,
+                 resume=not args.no_resume, progress=not args.no_progress)
+    if env_rank() != 0:
+        return 0
+    train_time = time.perf_counter() - t0
+    print(f"trained {args.family} on {args.data}: step {result.step} in {train_time:.1f} s -> {out}")
+    if not args.no_eval:
+        metrics = evaluate(out, n=args.eval_n, data_dir=args.data_dir)
+        _print_metrics(metrics)
+        print(f"wrote {out / 'samples.png'}, {out / 'loss.png'}, {out / 'metrics.json'}; "
+              f"total {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _check_run(run_dir: str) -> dict:
+    from .train.checkpoint import read_meta
+
+    return read_meta(run_dir)  # FileNotFoundError / CheckpointError name the folder
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .train import get_recipe, sample_run, write_samples
+
+    _positive("--n", args.n)
+    _positive("--steps", args.steps)
+    config = _check_run(args.run_dir)
+    recipe = get_recipe(config["family"])
+    recipe.check_sampler(args.sampler, args.steps)
+    recipe.check_label(config["options"], args.label)
+    out = Path(args.out)
+    if out.is_dir():
+        raise _ArgError(f"--out {str(out)!r} is a folder; give a file name such as {str(out / 'samples')!r}")
+    _check_writable_dir(out.parent, "the folder of --out")
+    x, info = sample_run(args.run_dir, args.n, sampler=args.sampler, steps=args.steps, label=args.label,
+                         seed=args.seed, device=args.device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png, npy = write_samples(x, out, kind=config["data"]["kind"],
+                             title=f"{config['family']}, {info['sampler']} x {info['steps']}")
+    print(f"wrote {png} and {npy} ({args.n} samples, {info['sampler']} x {info['steps']}, "
+          f"{info['sample_time_s']:.1f} s)")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train import evaluate, get_recipe
+
+    _positive("--n", args.n)
+    _positive("--steps", args.steps)
+    config = _check_run(args.run_dir)
+    get_recipe(config["family"]).check_sampler(args.sampler, args.steps)
+    metrics = evaluate(args.run_dir, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                       nll=not args.no_nll, device=args.device, data_dir=args.data_dir)
+    _print_metrics(metrics)
+    print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
+    return 0
+
+
+_COMMANDS = {"list": _cmd_list, "train": _cmd_train, "sample": _cmd_sample, "eval": _cmd_eval}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edifice`` script and of ``python -m edifice``; returns the exit status."""
+    from .train import NonFiniteLossError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (_ArgError, ValueError, TypeError, FileNotFoundError) as e:
+        args._parser.error(str(e))  # usage + message on stderr, exit status 2
+    except NonFiniteLossError as e:
+        print(f"edifice: error: {e}", file=sys.stderr)
+        return 1
+    return 0  # unreachable: sub.error exits
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Recipes: how each family is built, trained and sampled — one table row per family.
+
+A :class:`Recipe` turns a data source plus user options into the family's build options, and
+adapts the family's pure ``loss`` / ``sample`` / ``log_prob`` functions to one calling
+convention used by :func:`edifice.train.fit` and the CLI:
+
+- ``recipe.resolve(data, user_options) -> options``: ``{"build": {...}, "settings": {...}}``,
+  JSON-serialisable; ``build`` goes to the family's ``build`` (``data_shape`` and
+  ``num_classes`` come from the data), ``settings`` are training / sampling choices such as the
+  noise schedule or the coupling;
+- ``recipe.build(options) -> nets``;
+- ``recipe.loss(nets, x, y, options=..., generator=...) -> (loss, logs)``; class labels reach the
+  network as ``cond={"y": y}`` when the model is conditional, with label dropout for
+  classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598);
+- ``recipe.sample(nets, n, options=..., sampler=..., steps=..., generator=..., label=...)``;
+- ``recipe.log_prob(nets, x, options=..., generator=...)`` for families with a likelihood.
+
+Families never import this module; a new family adds a row to :data:`RECIPES`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from .._checks import check_choice, check_float, check_int, rand
+
+__all__ = ["Recipe", "RECIPES", "get_recipe", "to_tuples"]
+
+_FROM_DATA = ("data_shape", "num_classes")
+
+
+def to_tuples(value: Any) -> Any:
+    """Turn JSON lists back into tuples, recursively (build options such as ``channel_mults``)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(to_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: to_tuples(v) for k, v in value.items()}
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one family is trained and sampled.
+
+    Attributes:
+        name: family name (CLI and checkpoint).
+        module: import path of the family module (its ``build`` / ``loss`` / ``sample``).
+        summary: one line for ``edifice list``.
+        samplers: ``{sampler name: default steps}`` (``None``: the sampler's own default).
+        default_sampler: the sampler used when none is named.
+        settings: non-build options with their defaults (validated by ``check_settings``).
+        point_defaults / image_defaults: defaults (build options or settings) for vector / image data.
+        loss_fn(recipe, nets, x, cond, settings, generator) -> (loss, logs).
+        sample_fn(recipe, nets, shape, cond, settings, sampler, steps, generator, device) -> x.
+        log_prob_fn(recipe, nets, x, cond, settings, generator) -> (B,) nats, or None.
+        check_settings(settings) -> None: raises ValueError / TypeError on a bad setting.
+    """
+
+    name: str
+    module: str
+    summary: str
+    samplers: Mapping[str, int | None]
+    default_sampler: str
+    settings: Mapping[str, Any]
+    point_defaults: Mapping[str, Any]
+    image_defaults: Mapping[str, Any]
+    loss_fn: Callable[..., tuple[torch.Tensor, dict]]
+    sample_fn: Callable[..., torch.Tensor]
+    log_prob_fn: Callable[..., torch.Tensor] | None = None
+    check_settings: Callable[[dict], None] = field(default=lambda s: None)
+
+    # -- options -------------------------------------------------------------------------------
+
+    def family(self) -> ModuleType:
+        """The family module."""
+        return importlib.import_module(self.module)
+
+    def build_keys(self) -> tuple[str, ...]:
+        """Keyword options of the family's ``build`` that a user may set."""
+        params = inspect.signature(self.family().build).parameters
+        return tuple(k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in _FROM_DATA)
+
+    def resolve(self, data: Any, user_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Options for ``data`` (a :class:`edifice.data.DataSource`) and the user's overrides.
+
+        Returns:
+            ``{"build": {...}, "settings": {...}}`` with JSON-friendly values (tuples as lists).
+
+        Raises:
+            ValueError: for an unknown option (listing the valid ones), an option the data sets,
+                ``conditional=True`` on unlabelled data, or an invalid value.
+        """
+        user = dict(user_options or {})
+        build_keys = self.build_keys()
+        defaults = self.image_defaults if data.kind == "images" else self.point_defaults
+        build = {k: v for k, v in defaults.items() if k in build_keys}
+        settings = dict(self.settings)
+        settings.update({k: v for k, v in defaults.items() if k in self.settings})
+        for key, value in user.items():
+            if key in _FROM_DATA:
+                raise ValueError(f"option {key!r} is set by the data ({data.name!r}); use conditional=false to drop labels")
+            if key in build_keys:
+                build[key] = value
+            elif key in settings:
+                settings[key] = value
+            else:
+                valid = ", ".join(sorted(set(build_keys) | set(settings)))
+                raise ValueError(f"unknown option {key!r} for family {self.name!r}; valid options: {valid}")
+        conditional = settings["conditional"]
+        if conditional is None:
+            conditional = data.num_classes is not None
+        if not isinstance(conditional, bool):
+            raise TypeError(f"option conditional must be true or false, got {conditional!r}")
+        if conditional and data.num_classes is None:
+            raise ValueError(f"option conditional=true needs labelled data, but {data.name!r} has no labels")
+        settings["conditional"] = conditional
+        check_float("label_dropout", settings["label_dropout"], min=0.0, max=1.0, max_open=True)
+        self.check_settings(settings)
+        build["data_shape"] = list(data.data_shape)
+        build["num_classes"] = data.num_classes if conditional else None
+        return {"build": _jsonable(build), "settings": _jsonable(settings)}
+
+    def build(self, options: Mapping[str, Any]) -> Any:
+        """Build the networks from resolved ``options`` (as saved in a checkpoint)."""
+        return self.family().build(**to_tuples(dict(options["build"])))
+
+    # -- training / sampling -------------------------------------------------------------------
+
+    def check_sampler(self, sampler: str | None, steps: int | None) -> tuple[str, int | None]:
+        """Resolve the sampler name and step count (defaults filled in); raise on bad values."""
+        sampler = self.default_sampler if sampler is None else sampler
+        check_choice("sampler", sampler, tuple(self.samplers))
+        steps = self.samplers[sampler] if steps is None else check_int("steps", steps, min=1)
+        return sampler, steps
+
+    def check_label(self, options: Mapping[str, Any], label: int | None) -> None:
+        """Raise unless ``label`` is None or a valid class of a conditional model."""
+        if label is None:
+            return
+        num_classes = options["build"].get("num_classes")
+        if num_classes is None:
+            raise ValueError(f"label={label} was given but the model is unconditional (trained without labels)")
+        check_int("label", label, min=0, max=num_classes - 1)
+
+    def loss(self, nets: Any, x: torch.Tensor, y: torch.Tensor | None, *, options: Mapping[str, Any],
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss on a batch ``x`` ``(B, *data_shape)`` with labels ``y`` ``(B,)`` or None."""
+        settings = options["settings"]
+        cond = {}
+        if settings["conditional"]:
+            if y is None:
+                raise ValueError("the model is conditional but the batch has no labels")
+            p = settings["label_dropout"]
+            if p > 0:  # classifier-free guidance training: some labels become the null label
+                drop = rand((y.shape[0],), generator=generator, device=y.device) < p
+                y = torch.where(drop, torch.full_like(y, options["build"]["num_classes"]), y)
+            cond = {"y": y}
+        return self.loss_fn(self, nets, x, cond, settings, generator)
+
+    def sample(self, nets: Any, n: int, *, options: Mapping[str, Any], sampler: str | None = None,
+               steps: int | None = None, generator: torch.Generator | None = None, label: int | None = None,
+               device: torch.device | str | None = None) -> torch.Tensor:
+        """Draw ``n`` samples in model space, shape ``(n, *data_shape)``.
+
+        A conditional model samples class ``label``, or the classes ``0, 1, ..., K-1, 0, ...`` in
+        turn when ``label`` is None.
+        """
+        n = check_int("n", n, min=1)
+        sampler, steps = self.check_sampler(sampler, steps)
+        self.check_label(options, label)
+        num_classes = options["build"].get("num_classes")
+        cond = {}
+        if num_classes is not None:
+            y = torch.full((n,), label, dtype=torch.long) if label is not None else torch.arange(n) % num_classes
+            cond = {"y": y.to(device) if device is not None else y}
+        shape = (n, *options["build"]["data_shape"])
+        return self.sample_fn(self, nets, shape, cond, options["settings"], sampler, steps, generator, device)
+
+    @property
+    def has_likelihood(self) -> bool:
+        """Whether :meth:`log_prob` is available."""
+        return self.log_prob_fn is not None
+
+    def log_prob(self, nets: Any, x: torch.Tensor, *, options: Mapping[str, Any], y: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Log-density ``(B,)`` in nats of ``x`` in model space (conditional models use ``y`` if given)."""
+        if self.log_prob_fn is None:
+            raise ValueError(f"family {self.name!r} has no likelihood")
+        cond = {"y": y} if (y is not None and options["build"].get("num_classes") is not None) else {}
+        return self.log_prob_fn(self, nets, x, cond, options["settings"], generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# DDPM (and DDIM sampling of the same network).
+
+
+@functools.lru_cache(maxsize=8)
+def _schedule(name: str, T: int) -> Any:
+    from ..schedules import make_schedule
+
+    return make_schedule(name, T)
+
+
+def _ddpm_check(s: dict) -> None:
+    check_choice("schedule", s["schedule"], ("linear", "cosine", "sigmoid"))
+    check_int("T", s["T"], min=2)
+    check_choice("target", s["target"], ("eps", "x0", "v"))
+    check_choice("variance", s["variance"], ("small", "large"))
+    check_float("eta", s["eta"], min=0.0)
+    if s["clip_x0"] is not None:
+        check_float("clip_x0", s["clip_x0"], min=0.0, min_open=True)
+
+
+def _ddpm_loss(recipe, net, x, cond, s, generator):
+    return recipe.family().loss(net, x, schedule=_schedule(s["schedule"], s["T"]), target=s["target"],
+                                generator=generator, cond=cond)
+
+
+def _ddpm_sample(recipe, net, shape, cond, s, sampler, steps, generator, device):
+    schedule = _schedule(s["schedule"], s["T"])
+    common = dict(schedule=schedule, target=s["target"], clip_x0=s["clip_x0"], generator=generator, cond=cond,
+                  device=device)
+    if sampler == "ddpm":
+        return recipe.family().sample(net, shape, steps=steps, variance=s["variance"], **common)
+    ddim = importlib.import_module("edifice.generative.ddim")
+    return ddim.sample(net, shape, steps=steps, eta=s["eta"], **common)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow matching.
+
+
+def _fm_check(s: dict) -> None:
+    check_float("sigma_min", s["sigma_min"], min=0.0, max=1.0, max_open=True)
+    check_choice("coupling", s["coupling"], ("independent", "ot"))
+    check_choice("time_dist", s["time_dist"], ("uniform", "logit_normal"))
+    check_int("nll_steps", s["nll_steps"], min=1)
+    check_choice("nll_method", s["nll_method"], ("euler", "midpoint", "heun", "rk4", "dopri5"))
+    check_choice("divergence", s["divergence"], (None, "exact", "hutchinson"))
+
+
+def _fm_loss(recipe, net, x, cond, s, generator):
+    return recipe.family().loss(net, x, sigma_min=s["sigma_min"], coupling=s["coupling"], time_dist=s["time_dist"],
+                                generator=generator, cond=cond)
+
+
+def _fm_sample(recipe, net, shape, cond, s, sampler, steps, generator, device):
+    return recipe.family().sample(net, shape, steps=steps, method=sampler, generator=generator, cond=cond,
+                                  device=device)
+
+
+def _fm_log_prob(recipe, net, x, cond, s, generator):
+    divergence = s["divergence"] or ("exact" if x[0].numel() <= 16 else "hutchinson")
+    return recipe.family().log_prob(net, x, steps=s["nll_steps"], method=s["nll_method"], cond=cond,
+                                    divergence=divergence, generator=generator)
+
+
+_COMMON = {"conditional": None, "label_dropout": 0.1}
+
+RECIPES: dict[str, Recipe] = {
+    "ddpm": Recipe(
+        name="ddpm",
+        module="edifice.generative.ddpm",
+        summary="denoising diffusion (Ho et al. 2020); samplers: ancestral ddpm, ddim",
+        samplers={"ddpm": None, "ddim": 50},
+        default_sampler="ddpm",
+        settings={**_COMMON, "schedule": "linear", "T": 1000, "target": "eps", "variance": "small",
+                  "eta": 0.0, "clip_x0": None},
+        point_defaults={"hidden": 256, "depth": 3},
+        image_defaults={"clip_x0": 1.0},
+        loss_fn=_ddpm_loss,
+        sample_fn=_ddpm_sample,
+        check_settings=_ddpm_check,
+    ),
+    "flow_matching": Recipe(
+        name="flow_matching",
+        module="edifice.generative.flow_matching",
+        summary="conditional flow matching (Lipman et al. 2023); ODE samplers, exact likelihood",
+        samplers={"euler": 100, "midpoint": 50, "heun": 50, "rk4": 25, "dopri5": 1},
+        default_sampler="heun",
+        settings={**_COMMON, "sigma_min": 0.0, "coupling": "independent", "time_dist": "uniform",
+                  "nll_steps": 20, "nll_method": "rk4", "divergence": None},
+        point_defaults={"hidden": 256, "depth": 3},
+        image_defaults={},
+        loss_fn=_fm_loss,
+        sample_fn=_fm_sample,
+        log_prob_fn=_fm_log_prob,
+        check_settings=_fm_check,
+    ),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe of family ``name``; the error lists the families that have one."""
+    if not isinstance(name, str) or name not in RECIPES:
+        raise ValueError(f"unknown family {name!r}; valid families: {', '.join(sorted(RECIPES))}")
+    return RECIPES[name]
