@@ -15,10 +15,10 @@ demo: install
 	@echo "wrote: $$(ls $(DEMO_DIR))"
 
 test: install
-	$(PYTHON) -m pytest -q
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q
 
 test-all: install
-	$(PYTHON) -m pytest -q --runslow
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q --runslow
 
 bench: install
 	$(PYTHON) benchmarks/run_all.py

@@ -42,7 +42,9 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     want = (x.shape[0], x.shape[-1])
     for name, v in (("shift", shift), ("scale", scale)):
         if v.shape != want:
-            raise ValueError(f"{name} must have shape {want} to match x of shape {tuple(x.shape)}, got {tuple(v.shape)}")
+            raise ValueError(
+                f"{name} must have shape {want} to match x of shape {tuple(x.shape)}, got {tuple(v.shape)}"
+            )
     return x * (1 + _per_sample(scale, x)) + _per_sample(shift, x)
 
 

@@ -153,9 +153,11 @@ class LabelEmbedding(nn.Module):
         check_tensor("y", y, ndim=1)
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise TypeError(f"y must be an integer (long) tensor of class labels, got dtype {y.dtype}")
-        # Range check for a clear error (nn.Embedding would give an opaque IndexError / device assert).
-        # It reads the labels back, so it is skipped while torch.compile traces the graph.
-        if not torch.compiler.is_compiling() and y.numel() and bool(((y < 0) | (y > self.num_classes)).any()):
+        # Range check for a clear error (nn.Embedding would give an opaque IndexError). It reads the labels
+        # back to the host, so it runs only for CPU tensors and outside torch.compile: on an accelerator it
+        # would stall every sampler step (losses and samplers validate labels once, before their loops).
+        check = y.device.type == "cpu" and not torch.compiler.is_compiling()
+        if check and y.numel() and bool(((y < 0) | (y > self.num_classes)).any()):
             bad = y[(y < 0) | (y > self.num_classes)][0].item()
             raise ValueError(
                 f"y must hold labels in [0, {self.num_classes - 1}] or the null label {self.null_label}, got {bad}"

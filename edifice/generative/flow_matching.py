@@ -397,7 +397,7 @@ def log_prob(
             v, div = divergence_exact(field, t, x_t)
         else:
             v, div = divergence_hutchinson(field, t, x_t, noise=probes)
-        return torch.cat([v.detach().reshape(b, d), div.detach()[:, None]], dim=1)  # (B, D + 1)
+        return torch.cat([v.reshape(b, d), div[:, None]], dim=1)  # (B, D + 1)
 
     z1 = torch.cat([x.detach().reshape(b, d), x.new_zeros(b, 1)], dim=1)  # (B, D + 1)
     ts = torch.linspace(1.0, 0.0, steps + 1, device=x.device, dtype=x.dtype)

@@ -149,5 +149,6 @@ def test_resmlp_option_errors(kwargs, exc, match):
 
 def test_resmlp_runs_on_device(device):
     net = ResMLP(2, hidden=16, depth=2, num_classes=3).to(device)
-    out = net(torch.randn(4, 2, device=device), torch.rand(4, device=device), y=torch.tensor([0, 1, 2, 3], device=device))
+    x, t = torch.randn(4, 2, device=device), torch.rand(4, device=device)
+    out = net(x, t, y=torch.tensor([0, 1, 2, 3], device=device))
     assert out.device.type == device.type and out.shape == (4, 2)

@@ -19,7 +19,9 @@ def _perturb(net, seed=123, scale=0.05):
 
 
 @pytest.mark.parametrize(
-    "size,mults", [(8, (1, 2)), (8, (1, 2, 2)), (28, (1, 2)), (28, (1, 2, 2))], ids=["8-2lvl", "8-3lvl", "28-2lvl", "28-3lvl"]
+    "size,mults",
+    [(8, (1, 2)), (8, (1, 2, 2)), (28, (1, 2)), (28, (1, 2, 2))],
+    ids=["8-2lvl", "8-3lvl", "28-2lvl", "28-3lvl"],
 )
 @pytest.mark.parametrize("num_classes", [None, 10])
 def test_unet_shapes(size, mults, num_classes, gen):
@@ -64,10 +66,11 @@ def test_unet_conditioning_after_perturbation(gen):
 def test_unet_float64_no_grad(gen):
     net = UNet(1, image_size=8, base_channels=8, num_classes=2).double()
     _perturb(net)
+    x = torch.randn(2, 1, 8, 8, generator=gen, dtype=torch.float64)
     with torch.no_grad():
-        out = net(torch.randn(2, 1, 8, 8, generator=gen, dtype=torch.float64), torch.rand(2, dtype=torch.float64),
-                  y=torch.tensor([1, 2]))
+        out = net(x, torch.rand(2, dtype=torch.float64), y=torch.tensor([1, 2]))
     assert out.dtype == torch.float64 and out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
+    assert not out.requires_grad
 
 
 def test_unet_gradients_reach_every_parameter(gen):
@@ -79,7 +82,8 @@ def test_unet_gradients_reach_every_parameter(gen):
     assert net.conv_out.weight.grad.abs().sum() > 0  # zero-init last layer still learns
     _perturb(net)
     net.zero_grad()
-    net(torch.randn(2, 1, 8, 8, generator=gen), torch.rand(2, generator=gen), y=torch.tensor([0, 3])).pow(2).mean().backward()
+    out = net(torch.randn(2, 1, 8, 8, generator=gen), torch.rand(2, generator=gen), y=torch.tensor([0, 3]))
+    out.pow(2).mean().backward()
     for name, p in net.named_parameters():
         assert p.grad.abs().sum() > 0, name
 
@@ -113,7 +117,8 @@ def test_unet_forward_errors():
     "kwargs,exc,match",
     [
         (dict(image_size=28, channel_mults=(1, 2, 2, 2)), ValueError,
-         r"image_size must be divisible by 2\*\*\(len\(channel_mults\)-1\) = 8; got image_size=28, channel_mults=\(1, 2, 2, 2\)"),
+         r"image_size must be divisible by 2\*\*\(len\(channel_mults\)-1\) = 8; "
+         r"got image_size=28, channel_mults=\(1, 2, 2, 2\)"),
         (dict(image_size=7), ValueError, "image_size=7, channel_mults=\\(1, 2\\)"),
         (dict(image_size=0), ValueError, "image_size must be a positive int, got 0"),
         (dict(image_size=8, base_channels=12), ValueError, "groups must divide base_channels.*got groups=8"),
@@ -125,7 +130,8 @@ def test_unet_forward_errors():
         (dict(image_size=8, attention_resolutions=4), TypeError, "attention_resolutions must be a tuple of ints"),
         (dict(image_size=8, attention_resolutions=(4.0,)), TypeError, "attention_resolutions must be a tuple of ints"),
         (dict(image_size=8, channel_mults=()), TypeError, "channel_mults must be a non-empty tuple"),
-        (dict(image_size=8, channel_mults=(1, 0)), ValueError, "channel_mults must be a non-empty tuple of positive ints"),
+        (dict(image_size=8, channel_mults=(1, 0)), ValueError,
+         "channel_mults must be a non-empty tuple of positive ints"),
         (dict(image_size=8, base_channels=0), ValueError, "base_channels must be a positive int, got 0"),
         (dict(image_size=8, num_res_blocks=0), ValueError, "num_res_blocks must be a positive int, got 0"),
         (dict(image_size=8, out_channels=0), ValueError, "out_channels must be a positive int, got 0"),
@@ -150,7 +156,8 @@ def test_unet_in_channels_error():
 def test_unet_runs_on_device(device):
     net = UNet(1, image_size=8, base_channels=8, num_classes=3).to(device)
     _perturb(net)
-    out = net(torch.randn(2, 1, 8, 8, device=device), torch.rand(2, device=device), y=torch.tensor([0, 3], device=device))
+    x, t = torch.randn(2, 1, 8, 8, device=device), torch.rand(2, device=device)
+    out = net(x, t, y=torch.tensor([0, 3], device=device))
     assert out.device.type == device.type and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="y must hold labels"):
-        net(torch.zeros(2, 1, 8, 8, device=device), torch.zeros(2, device=device), y=torch.tensor([0, 4], device=device))
+        net(x, t, y=torch.tensor([0, 4], device=device))

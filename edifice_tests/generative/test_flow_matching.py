@@ -197,6 +197,18 @@ def test_sample_runs_under_no_grad_with_a_built_network():
     assert torch.isfinite(x).all() and lp.shape == (4,) and torch.isfinite(lp).all()
 
 
+def test_everything_follows_the_device(device):
+    net = fm.build(data_shape=(2,), hidden=16, depth=1).to(device)
+    g = torch.Generator(device=device).manual_seed(0)
+    x1 = torch.randn(8, 2, device=device)
+    value, _ = fm.loss(net, x1, coupling="ot", time_dist="logit_normal", generator=g)
+    assert value.device.type == device.type
+    with torch.no_grad():
+        x = fm.sample(net, (8, 2), steps=2, method="midpoint", generator=g)
+    assert x.device.type == device.type
+    assert fm.log_prob(net, x, steps=2, divergence="hutchinson", generator=g).device.type == device.type
+
+
 def test_build_shapes_and_time_scale():
     vec = fm.build(data_shape=(3,), hidden=16, depth=2)
     assert vec(torch.randn(5, 3), torch.rand(5)).shape == (5, 3)
