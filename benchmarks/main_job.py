@@ -14,7 +14,7 @@ Runs ``python -m edifice train flow_matching --data moons --steps 3000 --out <tm
 The child runs with ``OMP_NUM_THREADS=<--threads>`` so that it uses the same number of threads as
 the other benchmarks.
 
-Run: ``python benchmarks/main_job.py`` (``--quick``: 20 steps, a 200-point evaluation).
+Run: ``python benchmarks/main_job.py`` (``--quick``: a tiny net, 20 steps, a 100-point evaluation).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ NAME = "main_job"
 
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
-        return dict(family="flow_matching", data="moons", steps=20, extra=["--eval-n", "200"], repeats=1)
+        return dict(family="flow_matching", data="moons", steps=20, repeats=1,
+                    extra=["--eval-n", "100", "--batch-size", "64", "--option", "hidden=32", "--option", "depth=1"])
     return dict(family="flow_matching", data="moons", steps=3000, extra=[], repeats=3)
 
 

@@ -31,13 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for name, fn in BENCHMARKS.items():
         print(f"\n## {name}\n", flush=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             fn(argv)
         except Exception:  # noqa: BLE001 - report and carry on with the other benchmarks
             traceback.print_exc()
             failed.append(name)
-        print(f"({name}: {time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"({name}: {time.perf_counter() - t0:.1f} s wall, {time.process_time() - c0:.1f} s CPU in this process)",
+              flush=True)
     print(f"\nall benchmarks: {time.perf_counter() - start:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -104,7 +104,8 @@ def test_noise_schedule_fields(name):
     torch.testing.assert_close(s.alpha_bar, torch.cumprod(1 - s.betas, 0))
     assert s.alpha_bar_prev[0].item() == 1.0
     torch.testing.assert_close(s.alpha_bar_prev[1:], s.alpha_bar[:-1], rtol=0, atol=0)
-    torch.testing.assert_close(s.sqrt_alpha_bar ** 2 + s.sqrt_one_minus_alpha_bar ** 2, torch.ones(200, dtype=torch.float64))
+    ones = torch.ones(200, dtype=torch.float64)
+    torch.testing.assert_close(s.sqrt_alpha_bar**2 + s.sqrt_one_minus_alpha_bar**2, ones)
     assert s.posterior_variance[0].item() == 0.0
     assert s.posterior_log_variance_clipped[0].item() == math.log(s.posterior_variance[1].item())
     torch.testing.assert_close(s.posterior_log_variance_clipped[1:], s.posterior_variance[1:].log())

@@ -103,8 +103,8 @@ class DataSource:
         """The held-out set in model space, identical on every call.
 
         Args:
-            n: number of samples; default: 2000 for the toy sets, the whole test split for images
-                (otherwise its first ``n``).
+            n: number of samples; default: 2000 for the toy sets, the whole test split for images.
+                A smaller ``n`` gives the first ``n`` of the default set.
 
         Returns:
             ``x`` of shape ``(n, *data_shape)`` and ``y`` ``(n,)`` long or ``None``.
@@ -113,7 +113,8 @@ class DataSource:
             n = check_int("n", n, min=1)
         if self.test_x is None:
             g = torch.Generator().manual_seed(_TOY_TEST_SEED)
-            return toy2d.sample(self.name, _TOY_TEST_N if n is None else n, generator=g), None
+            pool = toy2d.sample(self.name, max(n or _TOY_TEST_N, _TOY_TEST_N), generator=g)
+            return pool[: n or _TOY_TEST_N], None
         total = self.test_x.shape[0]
         if n is not None and n > total:
             raise ValueError(f"n must be <= the size of the test split ({total}), got {n}")
@@ -232,10 +233,13 @@ def load(
         path = name[4:]
         keys = images._open_npz(images._existing(path, "npz file")).keys()
         if "x_train" in keys and "x_test" in keys:
-            xtr, ytr = images.load_npz(path, x_key="x_train", y_key="y_train" if "y_train" in keys else None, size=size)
-            xte, yte = images.load_npz(path, x_key="x_test", y_key="y_test" if "y_test" in keys else None, size=size)
-            if (ytr is None) != (yte is None):
-                raise ValueError(f"{path!r}: labels must be given for both splits or neither")
+            if ("y_train" in keys) != ("y_test" in keys):
+                raise ValueError(f"{path!r}: labels must be given for both splits (y_train, y_test) or neither")
+            labelled = "y_train" in keys
+            xtr, ytr = images.load_npz(path, x_key="x_train", y_key="y_train" if labelled else None, size=size)
+            xte, yte = images.load_npz(path, x_key="x_test", y_key="y_test" if labelled else None, size=size)
+            if not labelled:
+                ytr = yte = None
             return _image_source(name, xtr, ytr, xte, yte)
         x, y = images.load_npz(path, size=size)
         return _image_source(name, *_split(x, y, test_fraction, split_seed))

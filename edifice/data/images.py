@@ -57,7 +57,9 @@ def _to_unit_images(arr: np.ndarray, source: str, *, channels_last: bool | None 
         arr = arr[:, None]  # (N, 1, H, W)
     elif arr.ndim == 4:
         if channels_last is None:
-            channels_last = arr.shape[1] not in (1, 3, 4) and arr.shape[-1] in (1, 3, 4)
+            # (N, H, W, C) when the last axis looks like channels and axis 1 does not (or is larger)
+            c1, c_last = arr.shape[1], arr.shape[-1]
+            channels_last = c_last in (1, 3, 4) and (c1 not in (1, 3, 4) or c_last < c1)
         if channels_last:
             arr = arr.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
         if arr.shape[1] not in (1, 3, 4):
@@ -108,15 +110,15 @@ def _resize(x: torch.Tensor, size: int | tuple[int, int] | None) -> torch.Tensor
 
 
 def _check_size(size) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    if (
-        not isinstance(size, (tuple, list))
-        or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
-    ):
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    hw = (size, size) if is_int(size) else size
+    if not isinstance(hw, (tuple, list)) or len(hw) != 2 or not all(is_int(s) for s in hw):
+        raise TypeError(f"size must be a positive int or a pair (H, W) of positive ints, got {size!r}")
+    if hw[0] < 1 or hw[1] < 1:
         raise ValueError(f"size must be a positive int or a pair (H, W) of positive ints, got {size!r}")
-    return int(size[0]), int(size[1])
+    return int(hw[0]), int(hw[1])
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,7 +257,9 @@ def load_npz(
     """Images (and optional labels) from any ``.npz`` archive.
 
     Images may be ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with 1, 3 or 4 channels, as
-    uint8 (divided by 255), other integers in ``[0, 255]``, or floats already in ``[0, 1]``.
+    uint8 (divided by 255), other integers in ``[0, 255]``, or floats already in ``[0, 1]``. A 4-D
+    array is read as ``(N, C, H, W)`` unless its last axis looks like channels (1, 3 or 4) and axis 1
+    does not, or is larger (so ``(N, 32, 32, 3)`` and ``(N, 4, 4, 3)`` are channels-last).
 
     Args:
         path: the ``.npz`` file.
@@ -270,7 +274,8 @@ def load_npz(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: not an npz archive, missing key, wrong shape / dtype / value range, bad ``size``.
+        ValueError: not an npz archive, missing key, wrong shape / dtype / value range, ``size < 1``.
+        TypeError: ``size`` not an int or a pair of ints.
     """
     p = _existing(path, "npz file")
     if size is not None:
@@ -314,7 +319,8 @@ def load_folder(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not a folder, holds no images, an image cannot be decoded, or bad ``size``.
+        ValueError: ``path`` is not a folder, holds no images, an image cannot be decoded, or ``size < 1``.
+        TypeError: ``size`` not an int or a pair of ints.
     """
     try:
         from PIL import Image, UnidentifiedImageError

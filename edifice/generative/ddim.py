@@ -16,6 +16,15 @@ eqs. (12) and (16)::
 and the step then equals the ancestral DDPM step. The last step lands on ``x̂_0`` exactly. Running the
 ``η = 0`` map forwards in time (:func:`invert`) encodes data into noise.
 
+Example:
+    >>> import torch
+    >>> from edifice.generative import ddim
+    >>> net = ddim.build(data_shape=(2,), hidden=32, depth=1)
+    >>> x = ddim.sample(net, (4, 2), steps=20, eta=0.0, spacing="trailing")
+    >>> latent = ddim.invert(net, x, steps=20, spacing="trailing")
+    >>> latent.shape
+    torch.Size([4, 2])
+
 References:
     Denoising Diffusion Implicit Models. Song, Meng, Ermon, 2021. arXiv:2010.02502.
     Diffusion Models Beat GANs on Image Synthesis (DDIM inversion, App. F). Dhariwal, Nichol, 2021.
@@ -59,6 +68,9 @@ def ddim_sigma(alpha_bar_t: Any, alpha_bar_prev: Any, eta: float) -> torch.Tenso
 
     Returns:
         ``σ`` as a tensor broadcast from the inputs (float64 for python floats).
+
+    Raises:
+        ValueError / TypeError: ``eta`` outside ``[0, 1]``; for floats, ``ᾱ`` outside the stated ranges.
     """
     eta = check_float("eta", eta, min=0.0, max=1.0)
     ab = []
@@ -166,7 +178,11 @@ def sample(
         noise: ``x_T``; sets device / dtype unless given. device, dtype: default the net's, else cpu / float32.
 
     Returns:
-        ``(B, *data_shape)`` samples. The loop makes no host sync.
+        ``(B, *data_shape)`` samples, computed under ``torch.no_grad()``; the loop makes no host sync.
+
+    Raises:
+        ValueError / TypeError: bad ``steps`` (in ``[1, T]``), ``spacing``, ``eta``, ``target``, ``clip_x0``,
+        ``shape``, ``noise`` shape, ``cond`` or a non-callable ``net``.
     """
     schedule, ts, cond = _setup(schedule, steps, spacing, target, cond)
     eta = check_float("eta", eta, min=0.0, max=1.0)
@@ -209,7 +225,10 @@ def invert(
         steps, schedule, spacing, target, cond: as in :func:`sample`. callback: ``dict(i, t (int), x)``.
 
     Returns:
-        ``(B, *data_shape)`` the latent ``x_T`` at the first (noisiest) sampling timestep.
+        ``(B, *data_shape)`` the latent ``x_T`` at the first (noisiest) sampling timestep (under ``no_grad``).
+
+    Raises:
+        ValueError / TypeError: bad ``steps``, ``spacing``, ``target``, ``x0``, ``cond`` or ``net``.
     """
     schedule, ts, cond = _setup(schedule, steps, spacing, target, cond)
     if not callable(net):

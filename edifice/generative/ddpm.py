@@ -5,8 +5,8 @@ r"""Denoising diffusion probabilistic models (DDPM): forward noising, posterior,
 
     q(x_t | x_0) = N(√ᾱ_t x_0, (1 - ᾱ_t) I)                                    (Ho et al. eq. 4)
     q(x_s | x_t, x_0) = N(c1 x_0 + c2 x_t, β̃ I),   s < t the previous step (ᾱ_s = 1 when s = -1),
-    β_{t|s} = 1 - ᾱ_t / ᾱ_s,  c1 = √ᾱ_s β_{t|s} / (1 - ᾱ_t),  c2 = √(1 - β_{t|s}) (1 - ᾱ_s) / (1 - ᾱ_t),
-    β̃ = β_{t|s} (1 - ᾱ_s) / (1 - ᾱ_t)                                             (eqs. 6-7)
+    β_{t|s} = 1 - ᾱ_t / ᾱ_s,   β̃ = β_{t|s} (1 - ᾱ_s) / (1 - ᾱ_t),                    (eqs. 6-7)
+    c1 = √ᾱ_s β_{t|s} / (1 - ᾱ_t),   c2 = √(1 - β_{t|s}) (1 - ᾱ_s) / (1 - ᾱ_t)
 
 With ``s = t - 1`` these are the usual DDPM quantities; with ``s`` the previous step of a shorter
 sequence they give respaced sampling (Nichol & Dhariwal, Sec. 4). The network predicts one of three
@@ -15,6 +15,15 @@ targets, related by ``x_t = √ᾱ x_0 + √(1-ᾱ) ε`` and ``v = √ᾱ ε - �
 ``σ² = β̃`` (``variance="small"``) or ``β_{t|s}`` (``"large"``); the last step adds no noise.
 
 Schedules are float64; coefficients are formed in float64 and cast to the data's dtype at use.
+
+Example:
+    >>> import torch
+    >>> from edifice.generative import ddpm
+    >>> g = torch.Generator().manual_seed(0)
+    >>> net = ddpm.build(data_shape=(2,), hidden=32, depth=1)
+    >>> value, logs = ddpm.loss(net, torch.randn(16, 2, generator=g), target="v", generator=g)
+    >>> ddpm.sample(net, (4, 2), steps=10, target="v", generator=g).shape
+    torch.Size([4, 2])
 
 References:
     Denoising Diffusion Probabilistic Models. Ho, Jain, Abbeel, 2020. arXiv:2006.11239.
@@ -175,15 +184,6 @@ def _check_clip(clip_x0: Any) -> float | None:
     return None if clip_x0 is None else check_float("clip_x0", clip_x0, min=0.0, min_open=True)
 
 
-def _timesteps_np(T: int, steps: int, spacing: str) -> np.ndarray:
-    if spacing == "linspace":
-        return np.linspace(0, T - 1, steps).round()[::-1].astype(np.int64)
-    if spacing == "leading":
-        return (np.arange(steps) * (T // steps))[::-1].astype(np.int64)
-    # trailing; [:steps] drops the stray extra point np.arange can produce from rounding (diffusers keeps it)
-    return np.round(np.arange(T, 0, -T / steps))[:steps].astype(np.int64) - 1
-
-
 def timesteps(T: int, steps: int, *, spacing: str = "linspace") -> torch.Tensor:
     """The ``steps`` sampling timesteps out of ``T``, descending, as a long tensor (on cpu).
 
@@ -199,7 +199,13 @@ def timesteps(T: int, steps: int, *, spacing: str = "linspace") -> torch.Tensor:
     check_int("T", T, min=1)
     check_int("steps", steps, min=1, max=T)
     check_choice("spacing", spacing, SPACINGS)
-    return torch.from_numpy(_timesteps_np(T, steps, spacing).copy())
+    if spacing == "linspace":
+        ts = np.linspace(0, T - 1, steps).round()[::-1]
+    elif spacing == "leading":
+        ts = (np.arange(steps) * (T // steps))[::-1]
+    else:  # [:steps] drops the stray extra point np.arange can produce by rounding (diffusers keeps it)
+        ts = np.round(np.arange(T, 0, -T / steps))[:steps] - 1
+    return torch.from_numpy(ts.astype(np.int64))
 
 
 def _device_dtype(net: Any, noise: torch.Tensor | None, device: Any, dtype: Any) -> tuple[torch.device, torch.dtype]:
@@ -293,7 +299,11 @@ def convert_prediction(
 
 
 def prediction_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar: Any, *, target: str = "eps") -> torch.Tensor:
-    """The regression target for ``target``: ``ε``, ``x_0`` or ``v = √ᾱ ε - √(1-ᾱ) x_0`` (Salimans & Ho eq. 9)."""
+    """The regression target for ``target``: ``ε``, ``x_0`` or ``v = √ᾱ ε - √(1-ᾱ) x_0`` (Salimans & Ho).
+
+    Args:
+        x0, eps: ``(B, ...)``. alpha_bar: a float in ``(0, 1]``, a 0-dim or a ``(B,)`` tensor.
+    """
     check_choice("target", target, TARGETS)
     check_tensor("x0", x0, floating=True)
     check_tensor("eps", eps, shape=tuple(x0.shape), floating=True)
@@ -342,6 +352,10 @@ def loss(
 
     Returns:
         ``(loss, {"loss": loss.detach()})``.
+
+    Raises:
+        ValueError / TypeError: bad ``target``, ``t`` (integer, in ``[0, T)``, shape ``(B,)``), ``noise`` shape,
+        ``schedule``, ``cond`` or ``x0``.
     """
     schedule = _schedule(schedule)
     check_choice("target", target, TARGETS)
@@ -406,6 +420,10 @@ def ancestral_step(
 
     Returns:
         ``(B, ...)`` sample at ``t_prev``. Validation makes one host sync; :func:`sample` uses a sync-free core.
+
+    Raises:
+        ValueError / TypeError: bad ``target`` / ``variance`` / ``clip_x0``, steps out of range or not integer,
+        ``t_prev >= t``, shape mismatches, or missing ``noise``.
     """
     schedule = _schedule(schedule)
     check_choice("target", target, TARGETS)
@@ -456,7 +474,11 @@ def sample(
         device, dtype: default: ``noise``'s, else the net's parameters', else cpu / float32.
 
     Returns:
-        ``(B, *data_shape)`` samples. The loop makes no host sync.
+        ``(B, *data_shape)`` samples, computed under ``torch.no_grad()``; the loop makes no host sync.
+
+    Raises:
+        ValueError / TypeError: bad ``steps`` (in ``[1, T]``), ``spacing``, ``target``, ``variance``,
+        ``clip_x0``, ``shape``, ``noise`` shape, ``dtype``, ``cond`` or a non-callable ``net``.
     """
     schedule = _schedule(schedule)
     check_choice("target", target, TARGETS)

@@ -18,6 +18,15 @@ Samples come from integrating ``dx/dt = v_θ(x, t)`` from ``t = 0`` to ``1`` wit
 :mod:`edifice.integrators`; ``log_prob`` integrates the instantaneous change of variables
 ``d log p_t(x_t)/dt = -∇·v_θ(x_t, t)`` backwards from the data (Chen et al.; Grathwohl et al.).
 
+Example (a closed-form field: ``v = x1 - x0`` for a single target point ``x1 = 3`` is ``(3 - x) / (1 - t)``;
+Euler's first step from ``t = 0`` already lands on it):
+    >>> import torch
+    >>> from edifice.generative import flow_matching as fm
+    >>> field = lambda x, t: (3.0 - x) / (1.0 - t[:, None])
+    >>> fm.sample(field, (2, 1), steps=1, generator=torch.Generator().manual_seed(0))
+    tensor([[3.],
+            [3.]])
+
 References:
     Flow Matching for Generative Modeling. Lipman, Chen, Ben-Hamu, Nickel, Le, 2023. arXiv:2210.02747.
     Improving and Generalizing Flow-Based Generative Models with Minibatch Optimal Transport.
@@ -88,20 +97,20 @@ def build(
     data_shape = check_shape_tuple("data_shape", data_shape)
     if num_classes is not None:
         check_int("num_classes", num_classes, min=1)
-    dropout = check_float("dropout", dropout, min=0.0, max=1.0, max_open=True)
-    if len(data_shape) == 1:
-        check_int("hidden", hidden, min=1)
-        check_int("depth", depth, min=1)
-        return ResMLP(data_shape[0], hidden=hidden, depth=depth, t_scale=1000.0, num_classes=num_classes,
-                      dropout=dropout)
-    if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
-        raise ValueError(f"data_shape must be (D,) or a square image (C, H, H), got {data_shape}")
+    check_int("hidden", hidden, min=1)
+    check_int("depth", depth, min=1)
     check_int("base_channels", base_channels, min=1)
     check_int("num_res_blocks", num_res_blocks, min=1)
     if not isinstance(channel_mults, (tuple, list)) or len(channel_mults) == 0 or any(
         isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mults
     ):
         raise ValueError(f"channel_mults must be a non-empty tuple of positive ints, got {channel_mults!r}")
+    dropout = check_float("dropout", dropout, min=0.0, max=1.0, max_open=True)
+    if len(data_shape) == 1:
+        return ResMLP(data_shape[0], hidden=hidden, depth=depth, t_scale=1000.0, num_classes=num_classes,
+                      dropout=dropout)
+    if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
+        raise ValueError(f"data_shape must be (D,) or a square image (C, H, H), got {data_shape}")
     if data_shape[1] % 2 ** (len(channel_mults) - 1):
         raise ValueError(
             f"data_shape image size must be divisible by 2**(len(channel_mults) - 1) = "

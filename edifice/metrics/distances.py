@@ -29,7 +29,6 @@ __all__ = ["w2", "sliced_wasserstein", "mmd", "energy_distance"]
 
 _F64 = torch.float64
 _DIRECT_MAX_DIM = 8  # below this, squared distances are formed from differences (exact zeros on ties)
-_CHUNK = 1 << 22  # elements per chunk of the difference tensor
 _MEDIAN_POINTS = 1000  # points per set used by the median heuristic
 
 
@@ -41,7 +40,7 @@ def _points(name: str, x: object, *, min_n: int = 1) -> torch.Tensor:
     if x.is_complex() or x.dtype == torch.bool:
         raise TypeError(f"{name} must be a real-valued tensor, got dtype {x.dtype}")
     if x.shape[0] < min_n:
-        raise ValueError(f"{name} must hold at least {min_n} points, got {x.shape[0]}")
+        raise ValueError(f"{name} must hold at least {min_n} point{'s' if min_n > 1 else ''}, got {x.shape[0]}")
     x = x.reshape(x.shape[0], -1).to(_F64)  # (N, ...) -> (N, D)
     if x.shape[1] == 0:
         raise ValueError(f"{name} must have at least one feature per point, got shape {tuple(x.shape)}")
@@ -62,13 +61,11 @@ def _pair(x: object, y: object, *, min_n: int = 1) -> tuple[torch.Tensor, torch.
 def _sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances ``||x_i - y_j||^2`` between rows, shape ``(N, M)``.
 
-    For ``D <= 8`` they are formed from differences (in chunks), so equal points give exactly 0;
-    otherwise from ``|x|^2 + |y|^2 - 2 x.y`` clamped at 0.
+    For ``D <= 8`` they come from differences (``torch.cdist`` without the matrix-product
+    shortcut), so equal points give exactly 0; otherwise from ``|x|^2 + |y|^2 - 2 x.y`` clamped at 0.
     """
     if x.shape[1] <= _DIRECT_MAX_DIM:
-        rows = max(1, _CHUNK // max(1, y.shape[0] * x.shape[1]))
-        parts = [(xc[:, None, :] - y[None, :, :]).pow(2).sum(-1) for xc in x.split(rows)]  # (rows, M)
-        return torch.cat(parts, dim=0)  # (N, M)
+        return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").pow(2)  # (N, M)
     sq = x.pow(2).sum(1)[:, None] + y.pow(2).sum(1)[None, :] - 2.0 * (x @ y.T)  # (N, M)
     return sq.clamp_min(0.0)
 

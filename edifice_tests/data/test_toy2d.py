@@ -111,16 +111,18 @@ def test_matches_sklearn_distribution(name):
 
 
 def test_w2_reference_numbers_moons_8gaussians():
-    # FACTS: W2(N(0, I), moons) ~ 1.0 and W2(N(0, I), 8gaussians) ~ 1.65 at n = 2000.
-    # Two fresh i.i.d. 2000-point samples: 8gaussians ~ 0.2-0.3. For moons i.i.d. sampling gives
-    # 0.12-0.17 (FACTS' 0.09 comes from sklearn's make_moons, which places points on a grid).
+    # FACTS (n = 2000): W2(N(0, I), moons) ~ 1.0, W2(N(0, I), 8gaussians) ~ 1.65; two fresh samples of
+    # 8gaussians ~ 0.3. We use n = 1000 to keep the Hungarian solves fast: there the Gaussian
+    # distances are 0.97-1.02 and 1.64-1.70, and two fresh i.i.d. samples give 0.15-0.28 (moons)
+    # and 0.34-0.46 (8gaussians). (FACTS' 0.09 for moons comes from sklearn's make_moons, which
+    # places points on a grid; i.i.d. draws give 0.12-0.17 at n = 2000.)
     g = _gen(0)
-    for name, self_range, gauss_ref in [("moons", (0.08, 0.24), 1.0), ("8gaussians", (0.15, 0.4), 1.65)]:
-        a = toy2d.sample(name, 2000, generator=g)
-        b = toy2d.sample(name, 2000, generator=g)
-        z = torch.randn(2000, 2, generator=g)
+    for name, self_range, gauss_ref in [("moons", (0.1, 0.33), 1.0), ("8gaussians", (0.25, 0.55), 1.65)]:
+        a = toy2d.sample(name, 1000, generator=g)
+        b = toy2d.sample(name, 1000, generator=g)
+        z = torch.randn(1000, 2, generator=g)
         assert self_range[0] < float(w2(a, b)) < self_range[1], name
-        assert abs(float(w2(a, z)) - gauss_ref) < 0.12, name
+        assert abs(float(w2(a, z)) - gauss_ref) < 0.1, name
 
 
 def test_errors():

@@ -13,7 +13,7 @@ from edifice.integrators import SDE_STEPPERS, euler_maruyama_step, sdeint
 
 def test_ornstein_uhlenbeck_mean_and_variance(f64):
     """dx = -theta x dt + sigma dW from x0 = c: mean c e^{-theta T}, var sigma^2 (1 - e^{-2 theta T}) / (2 theta)."""
-    theta, sigma, c, T, n_steps, n_paths = 1.5, 0.8, 2.0, 1.0, 100, 5000
+    theta, sigma, c, T, n_steps, n_paths = 1.5, 0.8, 2.0, 1.0, 500, 5000
     g = torch.Generator().manual_seed(1)
     x0 = torch.full((n_paths, 2), c)
     x = sdeint(lambda t, x: -theta * x, lambda t, x: sigma, x0, torch.linspace(0.0, T, n_steps + 1), generator=g)

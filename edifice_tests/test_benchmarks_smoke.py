@@ -1,0 +1,102 @@
+"""Smoke test of the benchmark scripts: each runs in ``--quick`` mode and writes well-formed JSON.
+
+This keeps ``benchmarks/`` from rotting as the library changes. It runs ``benchmarks/run_all.py
+--quick`` once in a subprocess (one interpreter start and one import of torch / diffusers for all
+three benchmarks) and checks the keys and that every timing, memory and distance is a positive
+finite number. It never asserts a speed: quick-mode numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
+MACHINE_KEYS = {"date", "python", "torch", "threads", "cpu_count", "device"}
+
+
+def _positive(value, what: str) -> None:
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{what} is not a number: {value!r}"
+    assert math.isfinite(value) and value > 0, f"{what} must be positive and finite, got {value!r}"
+
+
+def _stat(stat: dict, what: str) -> None:
+    assert {"median", "min", "max", "spread", "n"} <= set(stat), f"{what} lacks summary keys: {stat}"
+    for key in ("median", "min", "max"):
+        _positive(stat[key], f"{what}.{key}")
+    assert stat["min"] <= stat["median"] <= stat["max"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run_all.py"), "--quick", "--threads", "1", "--device", "cpu",
+         "--out-dir", str(out)],
+        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"run_all.py --quick failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    loaded = {}
+    for name in ("sampler_overhead", "train_throughput", "main_job"):
+        path = out / f"{name}.json"
+        assert path.is_file(), f"{name}.json was not written; output:\n{proc.stdout[-2000:]}"
+        loaded[name] = json.loads(path.read_text())
+    assert proc.stdout.count("### ") == 3 and "|---" in proc.stdout  # the markdown tables were printed
+    return loaded
+
+
+@pytest.mark.parametrize("name", ["sampler_overhead", "train_throughput", "main_job"])
+def test_common_fields(results, name):
+    r = results[name]
+    assert r["name"] == name and r["quick"] is True
+    assert MACHINE_KEYS <= set(r["machine"]), r["machine"]
+    assert r["machine"]["threads"] == 1
+    assert isinstance(r["settings"], dict) and r["table"].startswith("|")
+    assert isinstance(r["notes"], list) and r["notes"]
+
+
+def test_sampler_overhead(results):
+    rows = results["sampler_overhead"]["rows"]
+    assert [(row["sampler"], row["net"]) for row in rows] == [
+        ("ddim", "ResMLP"), ("fm", "ResMLP"), ("ddim", "UNet"), ("fm", "UNet")]
+    for row in rows:
+        what = f"{row['sampler']}/{row['net']}"
+        _positive(row["params"], f"{what}.params")
+        for key in ("bare_s", "edifice_s", "overhead_ratio"):
+            _stat(row[key], f"{what}.{key}")
+        if HAS_DIFFUSERS:
+            for key in ("peer_s", "peer_over_bare", "peer_over_edifice"):
+                _stat(row[key], f"{what}.{key}")
+            # same timesteps and start: the two loops compute the same samples (float32 rounding apart)
+            assert 0 <= row["max_abs_diff_vs_peer"] < 1e-3, (what, row["max_abs_diff_vs_peer"])
+
+
+def test_train_throughput(results):
+    rows = {row["model"]: row for row in results["train_throughput"]["rows"]}
+    assert "edifice" in rows and ("diffusers" in rows) == HAS_DIFFUSERS
+    for name, row in rows.items():
+        _positive(row["params"], f"{name}.params")
+        _stat(row["steps_per_s"], f"{name}.steps_per_s")
+        _stat(row["samples_per_s"], f"{name}.samples_per_s")
+        assert math.isfinite(row["final_loss"])
+    if HAS_DIFFUSERS:
+        _stat(rows["edifice"]["speed_vs_peer"], "speed_vs_peer")
+        assert 0.5 < rows["edifice"]["params_vs_peer"] < 2.0
+
+
+def test_main_job(results):
+    res = results["main_job"]["result"]
+    for key in ("wall_s", "cpu_s", "peak_rss_mib", "w2"):
+        _stat(res[key], key)
+    run = results["main_job"]["runs"][0]
+    assert "w2" in run["metrics"] and "flow_matching" in run["command"]
