@@ -77,6 +77,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "device": str(device),
+        # Other work on the machine skews every number: record how busy it was.
+        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -164,7 +166,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 def machine_line(info: Mapping[str, Any]) -> str:
     """One line naming the machine, printed under every table."""
     where = info.get("gpu") or f"{info['processor']} CPU, {info['threads']} torch threads of {info['cpu_count']} cores"
-    return f"_{where}; torch {info['torch']}, diffusers {info.get('diffusers')}; {info['date']}_"
+    return (f"_{where}; torch {info['torch']}, diffusers {info.get('diffusers')}; {info['date']}; "
+            f"load average (1 min) at the end: {info.get('loadavg_1m')}_")
 
 
 def write_json(name: str, payload: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:

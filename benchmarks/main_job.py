@@ -38,7 +38,7 @@ def _settings(quick: bool) -> dict[str, Any]:
     if quick:
         return dict(family="flow_matching", data="moons", steps=20, repeats=1,
                     extra=["--eval-n", "100", "--batch-size", "64", "--option", "hidden=32", "--option", "depth=1"])
-    return dict(family="flow_matching", data="moons", steps=3000, extra=[], repeats=3)
+    return dict(family="flow_matching", data="moons", steps=3000, extra=[], repeats=2)
 
 
 def run_once(s: dict[str, Any], out_dir: Path, threads: int, device: torch.device) -> dict[str, Any]:

@@ -76,6 +76,21 @@ def _positive(name: str, value: int | None) -> None:
         raise _ArgError(f"{name} must be a positive int, got {value}")
 
 
+def _check_device(device: str | None) -> None:
+    import torch
+
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise _ArgError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise _ArgError(f"--device {device} was asked for but CUDA is not available")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise _ArgError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands ``list``, ``train``, ``sample``, ``eval``)."""
     p = argparse.ArgumentParser(prog="edifice", description="Train, sample and evaluate generative models.")
@@ -107,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     t.add_argument("--eval-n", type=int, default=None, help="samples for the final evaluation")
+    t.add_argument("--eval-sampler", default=None, help="sampler of the final evaluation (default: the family's)")
+    t.add_argument("--eval-steps", type=int, default=None, help="sampler steps of the final evaluation")
 
     s = sub.add_parser("sample", help="draw samples from a trained run: FILE.png and FILE.npy")
     s.set_defaults(_parser=s)
@@ -117,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
     s.add_argument("--label", type=int, default=None, help="class label (conditional models only)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    s.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
     e = sub.add_parser("eval", help="evaluate a trained run against held-out data; writes RUN_DIR/metrics.json")
     e.set_defaults(_parser=e)
@@ -126,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sampler", default=None, help="sampler name (default: the family's)")
     e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
     e.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    e.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
+    e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     e.add_argument("--data-dir", default=None, help="override where the run's image data set is looked up")
     e.add_argument("--no-nll", action="store_true", help="skip the likelihood")
     return p
@@ -165,6 +182,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _positive("--log-every", args.log_every)
     _positive("--ckpt-every", args.ckpt_every)
     _positive("--eval-n", args.eval_n)
+    _positive("--eval-steps", args.eval_steps)
+    _check_device(args.device)
+    RECIPES[args.family].check_sampler(args.eval_sampler, args.eval_steps)
     options = _options(args.option)
     out = Path(args.out)
     _check_writable_dir(out, "--out")
@@ -179,7 +199,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     train_time = time.perf_counter() - t0
     print(f"trained {args.family} on {args.data}: step {result.step} in {train_time:.1f} s -> {out}")
     if not args.no_eval:
-        metrics = evaluate(out, n=args.eval_n, data_dir=args.data_dir)
+        metrics = evaluate(out, n=args.eval_n, sampler=args.eval_sampler, steps=args.eval_steps,
+                           data_dir=args.data_dir, device=args.device)
         _print_metrics(metrics)
         print(f"wrote {out / 'samples.png'}, {out / 'loss.png'}, {out / 'metrics.json'}; "
               f"total {time.perf_counter() - t0:.1f} s")
@@ -197,6 +218,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     _positive("--n", args.n)
     _positive("--steps", args.steps)
+    _check_device(args.device)
     config = _check_run(args.run_dir)
     recipe = get_recipe(config["family"])
     recipe.check_sampler(args.sampler, args.steps)
@@ -220,6 +242,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     _positive("--n", args.n)
     _positive("--steps", args.steps)
+    _check_device(args.device)
     config = _check_run(args.run_dir)
     get_recipe(config["family"]).check_sampler(args.sampler, args.steps)
     metrics = evaluate(args.run_dir, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,

@@ -37,7 +37,7 @@ def fm_run(tmp_path_factory) -> Path:
 def digits_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "digits"
     code = _run("train", "flow_matching", "--data", "digits", "--steps", 3, "--out", out, "--batch-size", 8,
-                "--option", "base_channels=8", "--option", "channel_mults=[1]", "--eval-n", 16, "--no-progress")
+                "--option", "base_channels=8", "--option", "channel_mults=[1]", "--eval-n", 16, "--eval-steps", 4, "--no-progress")
     assert code == 0
     return out
 
@@ -92,7 +92,7 @@ def test_ddpm_train_sample_eval(tmp_path):
 
 def test_images_conditional_sample_and_eval(digits_run, tmp_path):
     metrics = json.loads((digits_run / "metrics.json").read_text())
-    assert "mmd" in metrics and "bpd" in metrics and metrics["n"] == 16
+    assert "mmd" in metrics and "bpd" in metrics and metrics["n"] == 16 and metrics["steps"] == 4
     assert _run("sample", digits_run, "--n", 6, "--steps", 2, "--label", 3, "--out", tmp_path / "three") == 0
     x = np.load(tmp_path / "three.npy")
     assert x.shape == (6, 1, 8, 8) and x.min() >= 0.0 and x.max() <= 1.0
@@ -114,6 +114,7 @@ def _snapshot(folder: Path) -> dict:
         (["train", "ddpm", "--data", "moons", "--steps", "5", "--option", "size=3"], "unknown option 'size'"),
         (["train", "ddpm", "--data", "moons", "--steps", "5", "--option", "schedule=wavy"], "schedule must be one of"),
         (["train", "ddpm", "--data", "moons", "--steps", "5", "--lr", "-1"], "lr must be in"),
+        (["train", "ddpm", "--data", "moons", "--steps", "5", "--eval-sampler", "rk4"], "sampler must be one of"),
         (["train", "ddpm", "--data", "mnist", "--steps", "5", "--data-dir", "/nonexistent"], "mnist data not found"),
     ],
 )
@@ -137,6 +138,7 @@ def test_bad_train_arguments_exit_2_and_write_nothing(tmp_path, capsys, argv, me
         (["sample", "{fm}", "--n", "5", "--out", "{tmp}"], "is a folder"),
         (["eval", "{fm}", "--sampler", "nope"], "sampler must be one of"),
         (["eval", "{tmp}/missing"], "does not exist"),
+        (["eval", "{fm}", "--device", "gpu7"], "--device must be cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_sample_eval_arguments_exit_2_and_write_nothing(fm_run, digits_run, tmp_path, capsys, argv, message):

@@ -36,6 +36,12 @@ def load_data(config: dict, data_dir: str | os.PathLike | None = None) -> Any:
     return data_mod.load(saved["name"], data_dir=data_dir if data_dir is not None else saved.get("data_dir"))
 
 
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def _to_unit(config: dict, x: torch.Tensor, data: Any) -> torch.Tensor:
     if data is not None:
         return data.to_unit(x)
@@ -55,7 +61,9 @@ def sample_run(
     device: str | torch.device | None = None,
     data: Any = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Draw ``n`` samples from the EMA networks of ``run_dir``, in data units, on the CPU.
+    """Draw ``n`` samples from the EMA networks of ``run_dir``, in data units, returned on the CPU.
+
+    ``device`` is where the networks run (default: CUDA when available, else CPU).
 
     Returns:
         ``(x, info)`` with ``x`` of shape ``(n, *data_shape)`` and ``info`` holding the sampler,
@@ -71,7 +79,7 @@ def sample_run(
     recipe = get_recipe(config["family"])
     sampler, steps = recipe.check_sampler(sampler, steps)
     recipe.check_label(config["options"], label)
-    device = torch.device(device if device is not None else "cpu")
+    device = _device(device)
     nets, config = load(run_dir, device=device)
     t0 = time.perf_counter()
     g = torch.Generator(device=device).manual_seed(seed)
@@ -136,7 +144,7 @@ def evaluate(
         seed: seeds the sampler (and the Hutchinson probes).
         nll: also compute the test NLL for families with a likelihood.
         nll_n: test points for the NLL (default all ``n`` for points, 64 for images).
-        device: where to run (default CPU).
+        device: where to run (default: CUDA when available, else CPU).
         data_dir: override where image data is looked up.
         write: write ``metrics.json``, ``samples.png`` and ``samples.npy`` into ``run_dir``.
 
@@ -195,7 +203,7 @@ def _nll(recipe, run_dir, config, data, x_test, kind, nll_n, seed, device) -> di
     """Test NLL in nats per example, in data units (the ``to_unit`` map is affine)."""
     from ..metrics import nll_summary
 
-    device = torch.device(device if device is not None else "cpu")
+    device = _device(device)
     nll_n = (x_test.shape[0] if kind == "points" else 64) if nll_n is None else check_int("nll_n", nll_n, min=1)
     x = x_test[:nll_n].to(device)
     nets, _ = load(run_dir, device=device)
