@@ -95,8 +95,10 @@ def check_shape_tuple(name: str, value: Any) -> tuple[int, ...]:
     """Return ``value`` as a tuple of positive ints (a data shape or a sample shape)."""
     if isinstance(value, torch.Size):
         value = tuple(value)
-    if not isinstance(value, (tuple, list)) or len(value) == 0:
-        raise TypeError(f"{name} must be a non-empty tuple of positive ints, got {value!r}")
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name} must be a non-empty tuple of positive ints, got {type(value).__name__} {value!r}")
+    if len(value) == 0:
+        raise ValueError(f"{name} must be a non-empty tuple of positive ints, got ()")
     for v in value:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {tuple(value)!r}")

@@ -8,11 +8,12 @@ from edifice.blocks.attention import CrossAttention, SelfAttention
 from edifice.blocks.embedding import LabelEmbedding, TimestepEmbedding, condition_vector, sinusoidal_embedding
 from edifice.blocks.mlp import ACTIVATIONS, MLP, ResMLP
 from edifice.blocks.unet import UNet
+from edifice.blocks.backbone import backbone
 
 __all__ = [
     "sinusoidal_embedding", "TimestepEmbedding", "LabelEmbedding", "condition_vector",
     "modulate", "AdaLNZero",
     "SelfAttention", "CrossAttention",
     "ACTIVATIONS", "MLP", "ResMLP",
-    "UNet",
+    "UNet", "backbone",
 ]

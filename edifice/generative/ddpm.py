@@ -45,10 +45,11 @@ import torch
 from torch import nn
 
 from edifice._checks import (
-    append_dims, check_choice, check_cond, check_float, check_int, check_shape_tuple, check_tensor, randint,
+    append_dims, check_choice, check_cond, check_float, check_int, check_tensor, randint,
     randn,
 )
-from edifice.blocks import ResMLP, UNet
+from edifice.blocks import backbone
+from edifice.generative._common import initial_noise as _start
 from edifice.schedules import NoiseSchedule, make_schedule
 
 __all__ = [
@@ -89,22 +90,9 @@ def build(
     Raises:
         ValueError / TypeError: naming the offending option.
     """
-    data_shape = check_shape_tuple("data_shape", data_shape)
-    if num_classes is not None:
-        check_int("num_classes", num_classes, min=1)
-    dropout = check_float("dropout", dropout, min=0.0, max=1.0, max_open=True)
-    check_int("hidden", hidden, min=1)
-    check_int("depth", depth, min=1)
-    check_int("base_channels", base_channels, min=1)
-    check_int("num_res_blocks", num_res_blocks, min=1)
-    mults = check_shape_tuple("channel_mults", channel_mults)
-    if len(data_shape) == 1:
-        return ResMLP(data_shape[0], hidden=hidden, depth=depth, t_scale=1.0, num_classes=num_classes,
-                      dropout=dropout)
-    if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
-        raise ValueError(f"data_shape must be (D,) or a square image (C, H, H), got {data_shape}")
-    return UNet(data_shape[0], image_size=data_shape[1], base_channels=base_channels, channel_mults=mults,
-                num_res_blocks=num_res_blocks, dropout=dropout, t_scale=1.0, num_classes=num_classes)
+    return backbone(data_shape, t_scale=1.0, num_classes=num_classes, hidden=hidden, depth=depth,
+                    base_channels=base_channels, channel_mults=channel_mults, num_res_blocks=num_res_blocks,
+                    dropout=dropout)
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -206,35 +194,6 @@ def timesteps(T: int, steps: int, *, spacing: str = "linspace") -> torch.Tensor:
     else:  # [:steps] drops the stray extra point np.arange can produce by rounding (diffusers keeps it)
         ts = np.round(np.arange(T, 0, -T / steps))[:steps] - 1
     return torch.from_numpy(ts.astype(np.int64))
-
-
-def _device_dtype(net: Any, noise: torch.Tensor | None, device: Any, dtype: Any) -> tuple[torch.device, torch.dtype]:
-    ref = noise
-    if ref is None and isinstance(net, nn.Module):
-        ref = next(iter(net.parameters()), None)
-    if device is None:
-        device = ref.device if ref is not None else torch.device("cpu")
-    if dtype is None:
-        dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    return torch.device(device), dtype
-
-
-def _start(net: Any, shape: Any, noise: Any, generator: Any, device: Any, dtype: Any) -> torch.Tensor:
-    """Validate a sampler's ``net`` / ``shape`` / ``noise`` and return the initial ``x_T``."""
-    if not callable(net):
-        raise TypeError(f"net must be callable as net(x, t, **cond), got {type(net).__name__}")
-    shape = check_shape_tuple("shape", shape)
-    if noise is not None:
-        check_tensor("noise", noise, shape=shape, floating=True)
-    device, dtype = _device_dtype(net, noise, device, dtype)
-    if noise is None:
-        return randn(shape, generator=generator, device=device, dtype=dtype)
-    return noise.to(device=device, dtype=dtype)
-
-
-# ----------------------------------------------------------------------------- forward process and targets
 
 
 def q_sample(x0: torch.Tensor, t: Any, noise: torch.Tensor, schedule: NoiseSchedule | None = None) -> torch.Tensor:

@@ -52,7 +52,8 @@ from edifice._checks import (
     append_dims, batch_time, check_choice, check_cond, check_float, check_generator, check_int,
     check_shape_tuple, check_tensor, rand, randn,
 )
-from edifice.blocks import ResMLP, UNet
+from edifice.blocks import backbone
+from edifice.generative._common import initial_noise
 from edifice.integrators import (
     METHODS, divergence_exact, divergence_hutchinson, hutchinson_probes, network_field, odeint,
 )
@@ -94,31 +95,9 @@ def build(
     Raises:
         ValueError / TypeError: naming the offending option.
     """
-    data_shape = check_shape_tuple("data_shape", data_shape)
-    if num_classes is not None:
-        check_int("num_classes", num_classes, min=1)
-    check_int("hidden", hidden, min=1)
-    check_int("depth", depth, min=1)
-    check_int("base_channels", base_channels, min=1)
-    check_int("num_res_blocks", num_res_blocks, min=1)
-    if not isinstance(channel_mults, (tuple, list)) or len(channel_mults) == 0 or any(
-        isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mults
-    ):
-        raise ValueError(f"channel_mults must be a non-empty tuple of positive ints, got {channel_mults!r}")
-    dropout = check_float("dropout", dropout, min=0.0, max=1.0, max_open=True)
-    if len(data_shape) == 1:
-        return ResMLP(data_shape[0], hidden=hidden, depth=depth, t_scale=1000.0, num_classes=num_classes,
-                      dropout=dropout)
-    if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
-        raise ValueError(f"data_shape must be (D,) or a square image (C, H, H), got {data_shape}")
-    if data_shape[1] % 2 ** (len(channel_mults) - 1):
-        raise ValueError(
-            f"data_shape image size must be divisible by 2**(len(channel_mults) - 1) = "
-            f"{2 ** (len(channel_mults) - 1)}, got {data_shape}"
-        )
-    return UNet(data_shape[0], image_size=data_shape[1], base_channels=base_channels,
-                channel_mults=tuple(channel_mults), num_res_blocks=num_res_blocks, dropout=dropout,
-                t_scale=1000.0, num_classes=num_classes)
+    return backbone(data_shape, t_scale=1000.0, num_classes=num_classes, hidden=hidden, depth=depth,
+                    base_channels=base_channels, channel_mults=channel_mults, num_res_blocks=num_res_blocks,
+                    dropout=dropout)
 
 
 def sample_time(
@@ -284,19 +263,6 @@ def loss(
     return value, {"loss": value.detach()}
 
 
-def _device_dtype(net: Any, noise: torch.Tensor | None, device: Any, dtype: Any) -> tuple[torch.device, torch.dtype]:
-    """Resolve where to sample: explicit ``device``/``dtype``, else ``noise``'s, else the net's, else cpu/float32."""
-    ref = noise
-    if ref is None and isinstance(net, nn.Module):
-        ref = next(net.parameters(), None)
-    dev = torch.device(device) if device is not None else (ref.device if ref is not None else torch.device("cpu"))
-    if dtype is None:
-        dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    return dev, dtype
-
-
 def _check_solver(steps: Any, method: Any, rtol: Any, atol: Any) -> tuple[int, str, float, float]:
     steps = check_int("steps", steps, min=1)
     check_choice("method", method, METHODS)
@@ -342,14 +308,8 @@ def sample(
     steps, method, rtol, atol = _check_solver(steps, method, rtol, atol)
     cond = check_cond(cond)
     generator = check_generator(generator)
-    if noise is not None:
-        check_tensor("noise", noise, shape=shape, floating=True)
-    device, dtype = _device_dtype(net, noise, device, dtype)
-    if noise is None:
-        x0 = randn(shape, generator=generator, device=device, dtype=dtype)
-    else:
-        x0 = noise.to(device=device, dtype=dtype)
-    ts = torch.linspace(0.0, 1.0, steps + 1, device=device, dtype=dtype)
+    x0 = initial_noise(net, shape, noise, generator, device, dtype)
+    ts = torch.linspace(0.0, 1.0, steps + 1, device=x0.device, dtype=x0.dtype)
     return odeint(network_field(net, cond), x0, ts, method=method, rtol=rtol, atol=atol, callback=callback)
 
 

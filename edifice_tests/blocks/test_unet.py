@@ -129,7 +129,7 @@ def test_unet_forward_errors():
          r"attention_resolutions must be among the U-Net resolutions \[8, 4\]; got \(3,\)"),
         (dict(image_size=8, attention_resolutions=4), TypeError, "attention_resolutions must be a tuple of ints"),
         (dict(image_size=8, attention_resolutions=(4.0,)), TypeError, "attention_resolutions must be a tuple of ints"),
-        (dict(image_size=8, channel_mults=()), TypeError, "channel_mults must be a non-empty tuple"),
+        (dict(image_size=8, channel_mults=()), ValueError, "channel_mults must be a non-empty tuple"),
         (dict(image_size=8, channel_mults=(1, 0)), ValueError,
          "channel_mults must be a non-empty tuple of positive ints"),
         (dict(image_size=8, base_channels=0), ValueError, "base_channels must be a positive int, got 0"),

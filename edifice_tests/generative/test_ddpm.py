@@ -55,7 +55,7 @@ def test_build_vector_and_image_networks():
         (dict(data_shape=(1, 8, 8), channel_mults=(1, 0)), ValueError, "channel_mults"),
         (dict(data_shape=(1, 8, 8), base_channels="a"), TypeError, "base_channels"),
         (dict(data_shape=(1, 8, 8), num_res_blocks=0), ValueError, "num_res_blocks"),
-        (dict(data_shape=(1, 7, 7)), ValueError, "image_size must be divisible"),
+        (dict(data_shape=(1, 7, 7)), ValueError, "data_shape image size must be divisible"),
         (dict(data_shape=(2,), width=3), TypeError, "width"),
     ],
 )
