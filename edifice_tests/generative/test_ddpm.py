@@ -47,7 +47,7 @@ def test_build_vector_and_image_networks():
     [
         (dict(data_shape=(2, 3)), ValueError, "data_shape must be"),
         (dict(data_shape=(1, 8, 6)), ValueError, "square image"),
-        (dict(data_shape=()), TypeError, "data_shape"),
+        (dict(data_shape=()), ValueError, "data_shape"),
         (dict(data_shape=(2,), hidden=0), ValueError, "hidden"),
         (dict(data_shape=(2,), depth=1.5), TypeError, "depth"),
         (dict(data_shape=(2,), dropout=1.0), ValueError, "dropout"),
