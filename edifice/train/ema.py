@@ -42,16 +42,30 @@ def ema_update_(target: nn.Module, source: nn.Module, decay: float) -> None:
 
     ``target`` and ``source`` must have the same architecture (same parameter order and shapes).
     """
+    _lerp_pairs(_pairs(target, source), decay)
+
+
+def _pairs(target: nn.Module, source: nn.Module) -> tuple[list, list, list, list]:
     t_params = list(target.parameters())
-    s_params = list(source.parameters())
+    s_params = [p.detach() for p in source.parameters()]
     if len(t_params) != len(s_params):
         raise ValueError(
             f"EMA target has {len(t_params)} parameters but the model has {len(s_params)}; "
             "they must share one architecture")
-    for e, p in zip(t_params, s_params):
-        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
-    for e, b in zip(target.buffers(), source.buffers()):
-        e.copy_(b)
+    return t_params, s_params, list(target.buffers()), list(source.buffers())
+
+
+def _lerp_pairs(pairs: tuple[list, list, list, list], decay: float) -> None:
+    t_params, s_params, t_bufs, s_bufs = pairs
+    with torch.no_grad():
+        if all(e.dtype == p.dtype and e.device == p.device for e, p in zip(t_params, s_params)):
+            if t_params:
+                torch._foreach_lerp_(t_params, s_params, 1.0 - decay)  # one fused call over all tensors
+        else:
+            for e, p in zip(t_params, s_params):
+                e.lerp_(p.to(e.dtype), 1.0 - decay)
+        for e, b in zip(t_bufs, s_bufs):
+            e.copy_(b)
 
 
 class EMA:
@@ -81,6 +95,7 @@ class EMA:
         self.warmup = bool(warmup)
         self.num_updates = 0
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self._cache: tuple[nn.Module, tuple] | None = None  # (source model, its parameter pairs)
 
     def current_decay(self) -> float:
         """The decay the next :meth:`update` will use."""
@@ -88,7 +103,9 @@ class EMA:
 
     def update(self, model: nn.Module) -> None:
         """Fold the current parameters of ``model`` into the average (call after each optimiser step)."""
-        ema_update_(self.module, model, self.current_decay())
+        if self._cache is None or self._cache[0] is not model:
+            self._cache = (model, _pairs(self.module, model))
+        _lerp_pairs(self._cache[1], self.current_decay())
         self.num_updates += 1
 
     def copy_to(self, model: nn.Module) -> None:

@@ -256,7 +256,8 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
         start = int(saved["step"])
 
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"])
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    opt = torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"], fused=fused or None)
     emas = {name: EMA(m, decay=train["ema_decay"]) for name, m in modules.items()}
     if saved is not None:
         ckpt.load_module_tensors("model", modules, tensors)
@@ -300,7 +301,7 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
     try:
         with torch.random.fork_rng(devices=rng_devices):
             for step in range(start, steps):
-                torch.manual_seed(step_seed(train["seed"], step, info.rank, 2))  # dropout and other global draws
+                _seed_global_rng(step_seed(train["seed"], step, info.rank, 2), device)  # e.g. dropout
                 g_data = torch.Generator().manual_seed(step_seed(train["seed"], step, info.rank, 0))
                 x, y = data.train_batch(per_rank, generator=g_data)
                 x = x.to(device, non_blocking=True)
@@ -339,6 +340,13 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
         _plot_loss(run_dir, recipe.name, data.name)
     return FitResult(nets=nets, ema_nets=ema_nets, config=config, step=max(start, steps), start_step=start,
                      history=history, run_dir=run_dir, wall_time=time.perf_counter() - t_start)
+
+
+def _seed_global_rng(seed: int, device: torch.device) -> None:
+    # torch.manual_seed would also queue lazy seeding of every accelerator type (costly per step).
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
 
 
 def _gen(device: torch.device, seed: int) -> torch.Generator:
