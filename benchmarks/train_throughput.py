@@ -37,7 +37,7 @@ def _settings(quick: bool) -> dict[str, Any]:
         return dict(image=(1, 8, 8), batch=8, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
                     lr=2e-4, steps_per_round=1, repeats=2, warmup=1, pool=2)
     return dict(image=(1, 28, 28), batch=64, base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
-                lr=2e-4, steps_per_round=3, repeats=4, warmup=1, pool=8)
+                lr=2e-4, steps_per_round=2, repeats=3, warmup=1, pool=8)
 
 
 def _mnist_path() -> Path | None:

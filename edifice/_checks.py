@@ -15,7 +15,7 @@ import torch
 
 __all__ = [
     "check_int", "check_float", "check_choice", "check_tensor", "check_shape_tuple", "check_cond",
-    "check_generator", "append_dims", "batch_time", "randn", "rand", "randint",
+    "check_generator", "append_dims", "batch_time", "batch_steps", "randn", "rand", "randint",
 ]
 
 
@@ -144,6 +144,24 @@ def batch_time(t: Any, x: torch.Tensor, name: str = "t") -> torch.Tensor:
     if t.ndim != 1 or t.shape[0] != b:
         raise ValueError(f"{name} must have shape ({b},) to match the batch of x, got {tuple(t.shape)}")
     return t.to(device=x.device, dtype=x.dtype)
+
+
+def batch_steps(t: Any, x: torch.Tensor, name: str = "t") -> torch.Tensor:
+    """Return integer time steps as a ``(B,)`` long tensor on ``x``'s device.
+
+    An int or a 0-dim integer tensor is broadcast to the batch; a ``(B,)`` tensor must match ``x.shape[0]``.
+    The range is the caller's to check (that needs a host sync, so only public entry points do it).
+    """
+    if isinstance(t, int) and not isinstance(t, bool):
+        t = torch.tensor(t)
+    if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an int or an integer tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    b = x.shape[0]
+    if t.ndim == 0:
+        return t.to(device=x.device, dtype=torch.long).expand(b)
+    if t.ndim != 1 or t.shape[0] != b:
+        raise ValueError(f"{name} must have shape ({b},) to match the batch, got {tuple(t.shape)}")
+    return t.to(device=x.device, dtype=torch.long)
 
 
 def _gen_device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device:

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-from edifice._checks import append_dims, check_choice, check_float, check_int, check_tensor
+from edifice._checks import append_dims, batch_steps, check_choice, check_float, check_int, check_tensor
 
 __all__ = [
     "linear_betas", "cosine_betas", "sigmoid_betas", "beta_schedule", "alpha_bar", "snr",
@@ -294,15 +294,7 @@ class NoiseSchedule:
         check_tensor("like", like)
         if like.ndim == 0:
             raise ValueError("like must have a batch dimension, got a 0-dim tensor")
-        if isinstance(t, int) and not isinstance(t, bool):
-            t = torch.tensor(t)
-        if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise TypeError(f"t must be an int or an integer tensor, got {getattr(t, 'dtype', type(t).__name__)}")
-        b = like.shape[0]
-        if t.ndim == 0:
-            t = t.expand(b)
-        elif t.ndim != 1 or t.shape[0] != b:
-            raise ValueError(f"t must have shape ({b},) to match the batch of like, got {tuple(t.shape)}")
+        t = batch_steps(t, like, "t")
         values: torch.Tensor = getattr(self, name).to(like.device)  # no-op once the schedule is there
         out = values[t.to(like.device)].to(like.dtype)  # (B,)
         return append_dims(out, like.ndim)  # (B, 1, ..., 1)

@@ -71,7 +71,7 @@ def test_sample_writes_png_and_npy(fm_run, tmp_path, capsys):
 
 
 def test_eval_prints_and_writes_metrics(fm_run, capsys):
-    assert _run("eval", fm_run, "--n", 100, "--sampler", "euler", "--steps", 5, "--seed", 1) == 0
+    assert _run("eval", fm_run, "--n", 100, "--sampler", "euler", "--steps", 5, "--seed", 1, "--threads", 1) == 0
     out = capsys.readouterr().out
     assert "w2" in out and "nll" in out
     metrics = json.loads((fm_run / "metrics.json").read_text())
@@ -139,6 +139,7 @@ def test_bad_train_arguments_exit_2_and_write_nothing(tmp_path, capsys, argv, me
         (["eval", "{fm}", "--sampler", "nope"], "sampler must be one of"),
         (["eval", "{tmp}/missing"], "does not exist"),
         (["eval", "{fm}", "--device", "gpu7"], "--device must be cpu, cuda or cuda:N"),
+        (["eval", "{fm}", "--threads", "0"], "--threads must be a positive int"),
     ],
 )
 def test_bad_sample_eval_arguments_exit_2_and_write_nothing(fm_run, digits_run, tmp_path, capsys, argv, message):

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from edifice._checks import (
-    append_dims, check_choice, check_cond, check_float, check_int, check_tensor, randint,
+    append_dims, batch_steps, check_choice, check_cond, check_float, check_int, check_tensor, randint,
     randn,
 )
 from edifice.blocks import backbone
@@ -148,15 +148,7 @@ def _alpha_bar_arg(name: str, value: Any, x: torch.Tensor) -> torch.Tensor:
 
 def _steps_arg(t: Any, x: torch.Tensor, T: int, name: str = "t", low: int = 0) -> torch.Tensor:
     """Integer steps (int, 0-dim or ``(B,)`` integer tensor) in ``[low, T)`` -> ``(B,)`` long on ``x.device``."""
-    if isinstance(t, int) and not isinstance(t, bool):
-        t = torch.tensor(t)
-    if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must be an int or an integer tensor, got {getattr(t, 'dtype', type(t).__name__)}")
-    b = x.shape[0]
-    if t.ndim == 0:
-        t = t.expand(b)
-    elif t.ndim != 1 or t.shape[0] != b:
-        raise ValueError(f"{name} must have shape ({b},) to match the batch of x, got {tuple(t.shape)}")
+    t = batch_steps(t, x, name)
     if bool(((t < low) | (t >= T)).any()):  # host sync: public entry points only, never in a sampler loop
         raise ValueError(f"{name} must be in [{low}, {T}), got values in [{int(t.min())}, {int(t.max())}]")
     return t.to(device=x.device, dtype=torch.long)

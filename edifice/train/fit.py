@@ -240,13 +240,14 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
         nets = recipe.build(options)
     modules = ckpt.nets_to_dict(nets)
     for m in modules.values():
-        m.to(device).train()
+        m.to(device).eval()
 
-    # Dry run on a tiny batch: invalid settings fail here, before anything is written.
-    g = torch.Generator().manual_seed(0)
-    x, y = data.train_batch(2, generator=g)
+    # Dry run on a tiny batch (eval mode: no state changes): bad settings fail before anything is written.
+    x, y = data.train_batch(2, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         recipe.loss(nets, x.to(device), None if y is None else y.to(device), options=options, generator=_gen(device, 0))
+    for m in modules.values():
+        m.train()
 
     start = 0
     saved = None

@@ -277,7 +277,7 @@ RECIPES: dict[str, Recipe] = {
     "ddpm": Recipe(
         name="ddpm",
         module="edifice.generative.ddpm",
-        summary="denoising diffusion (Ho et al. 2020); samplers: ancestral ddpm, ddim",
+        summary="denoising diffusion (Ho et al. 2020), sampled ancestrally or with DDIM (Song et al. 2021)",
         samplers={"ddpm": None, "ddim": 50},
         default_sampler="ddpm",
         settings={**_COMMON, "schedule": "linear", "T": 1000, "target": "eps", "variance": "small",
@@ -291,7 +291,7 @@ RECIPES: dict[str, Recipe] = {
     "flow_matching": Recipe(
         name="flow_matching",
         module="edifice.generative.flow_matching",
-        summary="conditional flow matching (Lipman et al. 2023); ODE samplers, exact likelihood",
+        summary="conditional flow matching (Lipman et al. 2023): ODE sampling, exact likelihood",
         samplers={"euler": 50, "midpoint": 25, "heun": 25, "rk4": 15, "dopri5": 1},
         default_sampler="heun",
         settings={**_COMMON, "sigma_min": 0.0, "coupling": "independent", "time_dist": "uniform",
