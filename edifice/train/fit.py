@@ -185,7 +185,7 @@ def fit(
         device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
         data_dir: where image data sets are looked up (see :func:`edifice.data.load`).
         resume: continue from ``out``'s checkpoint when there is one (same settings required).
-        progress: show a tqdm progress bar (rank 0 only).
+        progress: show a tqdm progress bar (rank 0 only, when stderr is a terminal).
         plots: write ``loss.png`` at the end (needs matplotlib; skipped if it is missing).
         callback: called with each log entry (rank 0 and the others alike).
 
@@ -296,7 +296,9 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
     if progress and info.is_main and start < steps:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, initial=start, desc=f"{recipe.name} on {data.name}", dynamic_ncols=True)
+        # disable=None: no bar when stderr is not a terminal (log files get log.jsonl instead).
+        bar = tqdm(total=steps, initial=start, desc=f"{recipe.name} on {data.name}", dynamic_ncols=True,
+                   mininterval=0.5, disable=None)
     t_loop = time.perf_counter()
     rng_devices = [device] if device.type == "cuda" else []
     try:
