@@ -99,13 +99,16 @@ def time_interleaved(
     warmup: int = 1,
     repeats: int = 5,
     warmup_fns: Mapping[str, Callable[[], Any]] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """Wall-clock seconds of each callable, ``repeats`` times, rounds interleaved across callables.
 
     First every callable in ``warmup_fns`` (default: ``fns`` itself; pass cheaper stand-ins that
     exercise the same code when a full call is slow) runs ``warmup`` times, untimed. Then, in each
     of ``repeats`` rounds, every callable runs once, in an order rotated by one position per round;
-    the device is synchronised before and after each timed call.
+    the device is synchronised before and after each timed call. ``clock`` is wall-clock time by
+    default; ``time.process_time`` (CPU seconds of this process) is robust to other work on a busy
+    machine, but only meaningful on the CPU.
 
     Returns:
         ``({name: [seconds of round 0, round 1, ...]}, {name: value returned by its last call}).``
@@ -123,10 +126,10 @@ def time_interleaved(
         k = r % len(names)
         for name in names[k:] + names[:k]:
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             outputs[name] = fns[name]()
             sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return times, outputs
 
 
@@ -146,6 +149,8 @@ def fmt(x: float | None, digits: int = 3) -> str:
     """A number for a table cell: ``digits`` significant digits, or ``-`` for missing."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return str(x)
     return f"{x:.{digits}g}"
 
 

@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder (created; an existing run is resumed)")
     t.add_argument("--batch-size", type=int, default=256, help="global batch size (default 256)")
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    t.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="learning-rate schedule over --steps (default cosine decay to 0)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
     t.add_argument("--seed", type=int, default=0, help="seed of the weights and of every step (default 0)")
     t.add_argument("--data-dir", default=None, help="folder holding image data sets (e.g. mnist.npz)")
@@ -195,7 +197,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_writable_dir(out, "--out")
     t0 = time.perf_counter()
-    result = fit(args.family, args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+    result = fit(args.family, args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                 lr_schedule=args.lr_schedule, seed=args.seed,
                  out=out, options=options, ema_decay=args.ema_decay,
                  grad_clip=None if args.grad_clip == 0 else args.grad_clip, weight_decay=args.weight_decay,
                  log_every=args.log_every, ckpt_every=args.ckpt_every, device=args.device, data_dir=args.data_dir,

@@ -74,9 +74,13 @@ def test_sampler_overhead(results):
         _positive(row["params"], f"{what}.params")
         for key in ("bare_s", "edifice_s", "overhead_ratio"):
             _stat(row[key], f"{what}.{key}")
+        _positive(row["overhead_ratio_of_minima"], f"{what}.overhead_ratio_of_minima")
+        for loop, stat in row["loop_us_per_step"].items():
+            _stat(stat, f"{what}.loop_us_per_step.{loop}")
         if HAS_DIFFUSERS:
             for key in ("peer_s", "peer_over_bare", "peer_over_edifice"):
                 _stat(row[key], f"{what}.{key}")
+            _positive(row["peer_over_edifice_of_minima"], f"{what}.peer_over_edifice_of_minima")
             # same timesteps and start: the two loops compute the same samples (float32 rounding apart)
             assert 0 <= row["max_abs_diff_vs_peer"] < 1e-3, (what, row["max_abs_diff_vs_peer"])
 

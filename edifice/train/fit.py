@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from .._checks import check_float, check_int
+from .._checks import check_choice, check_float, check_int
 from . import checkpoint as ckpt
 from . import distributed as D
 from .ema import EMA
@@ -34,6 +34,7 @@ from .recipes import Recipe, get_recipe
 __all__ = ["fit", "load", "FitResult", "NonFiniteLossError", "step_seed", "LOG_FILE"]
 
 LOG_FILE = "log.jsonl"
+LR_SCHEDULES = ("cosine", "constant")
 LOSS_PLOT = "loss.png"
 
 
@@ -151,6 +152,7 @@ def fit(
     steps: int,
     batch_size: int = 256,
     lr: float = 1e-3,
+    lr_schedule: str = "cosine",
     seed: int = 0,
     out: str | os.PathLike | None = None,
     options: dict[str, Any] | None = None,
@@ -173,7 +175,10 @@ def fit(
         data: a dataset name of :mod:`edifice.data` (``"moons"``, ``"digits"``, ...) or a ``DataSource``.
         steps: total optimiser steps; a resumed run continues up to this number.
         batch_size: the GLOBAL batch; each of ``W`` DDP ranks draws ``batch_size / W``.
-        lr, weight_decay: AdamW settings (constant learning rate).
+        lr, weight_decay: AdamW settings.
+        lr_schedule: ``"cosine"`` (``lr · (1 + cos(π step / steps)) / 2``, decaying to 0 at ``steps``) or
+            ``"constant"``. The cosine horizon is this call's ``steps``: a killed run resumed with the same
+            ``steps`` is exact, while extending a finished cosine run to more steps restarts part of the decay.
         seed: seeds the initial weights and every step's randomness.
         out: run folder for checkpoints and logs (created); None trains in memory only.
         options: family options (build options such as ``hidden`` or settings such as ``coupling``);
@@ -201,6 +206,7 @@ def fit(
     steps = check_int("steps", steps, min=1)
     batch_size = check_int("batch_size", batch_size, min=1)
     lr = check_float("lr", lr, min=0.0, min_open=True)
+    lr_schedule = check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
     seed = check_int("seed", seed, min=0)
     ema_decay = check_float("ema_decay", ema_decay, min=0.0, max=1.0, max_open=True)
     if grad_clip is not None:
@@ -221,7 +227,7 @@ def fit(
     try:
         if batch_size % info.world_size:
             raise ValueError(f"batch_size must be divisible by the world size {info.world_size}, got {batch_size}")
-        train_cfg = {"batch_size": batch_size, "lr": lr, "seed": seed, "ema_decay": ema_decay,
+        train_cfg = {"batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule, "seed": seed, "ema_decay": ema_decay,
                      "grad_clip": grad_clip, "weight_decay": weight_decay, "world_size": info.world_size}
         config = _make_config(recipe, data, data_dir, resolved, train_cfg)
         return _fit(recipe, data, config, info, steps=steps, run_dir=run_dir, log_every=log_every,
@@ -315,6 +321,8 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
                 loss.backward()
                 if train["grad_clip"] is not None:
                     pending_norm.append(torch.nn.utils.clip_grad_norm_(params, train["grad_clip"]).detach())
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(train["lr"], train.get("lr_schedule", "constant"), step, steps)
                 opt.step()
                 for name, e in emas.items():
                     e.update(modules[name])
@@ -343,6 +351,13 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
         _plot_loss(run_dir, recipe.name, data.name)
     return FitResult(nets=nets, ema_nets=ema_nets, config=config, step=max(start, steps), start_step=start,
                      history=history, run_dir=run_dir, wall_time=time.perf_counter() - t_start)
+
+
+def lr_at(lr: float, schedule: str, step: int, steps: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) out of ``steps`` under ``schedule``."""
+    if schedule == "constant":
+        return lr
+    return lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
 
 
 def _seed_global_rng(seed: int, device: torch.device) -> None:

@@ -33,10 +33,12 @@ def _assert_same_checkpoint(a, b):
 
 @pytest.mark.parametrize("family", ["flow_matching", "ddpm"])
 def test_resume_extends_run_bit_identically(tmp_path, family):
-    full = fit(family, "moons", steps=20, out=tmp_path / "full", **KW)
-    first = fit(family, "moons", steps=10, out=tmp_path / "two", **KW)
+    # A constant learning rate: the cosine horizon is each call's `steps`, so only a constant rate extends exactly.
+    kw = dict(KW, lr_schedule="constant")
+    full = fit(family, "moons", steps=20, out=tmp_path / "full", **kw)
+    first = fit(family, "moons", steps=10, out=tmp_path / "two", **kw)
     assert first.step == 10 and first.start_step == 0
-    second = fit(family, "moons", steps=20, out=tmp_path / "two", **KW)
+    second = fit(family, "moons", steps=20, out=tmp_path / "two", **kw)
     assert second.start_step == 10 and second.step == 20
     _assert_same_checkpoint(tmp_path / "full", tmp_path / "two")
     for a, b in zip(full.ema_nets.parameters(), second.ema_nets.parameters()):
@@ -163,3 +165,14 @@ def test_recipes_table():
         fm.check_label(opts, 10)
     with pytest.raises(ValueError, match="the model is unconditional"):
         fm.check_label(fm.resolve(data.load("moons")), 0)
+
+
+def test_cosine_learning_rate_schedule():
+    from edifice.train.fit import lr_at
+
+    assert lr_at(1e-3, "constant", 7, 10) == 1e-3
+    assert lr_at(1e-3, "cosine", 0, 10) == pytest.approx(1e-3)
+    assert lr_at(1e-3, "cosine", 5, 10) == pytest.approx(5e-4)
+    assert lr_at(1e-3, "cosine", 9, 10) < 3e-5
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        fit("flow_matching", "moons", steps=2, lr_schedule="step", progress=False, plots=False)
