@@ -11,7 +11,7 @@ install:
 	$(PIP) -e ".[all]"
 
 demo: install
-	$(PYTHON) -m edifice train flow_matching --data moons --steps 3000 --out $(DEMO_DIR)
+	$(PYTHON) -m edifice train flow_matching --data moons --steps 3000 --out $(DEMO_DIR) --threads 1
 	@echo "wrote: $$(ls $(DEMO_DIR))"
 
 test: install
