@@ -51,6 +51,18 @@ def test_python_m_edifice_list():
         assert word in proc.stdout
 
 
+def test_edifice_script_is_the_same_cli():
+    import shutil
+
+    script = shutil.which("edifice")
+    if script is None:
+        pytest.skip("the edifice console script is not installed (pip install -e . installs it)")
+    a = subprocess.run([script, "list"], capture_output=True, text=True, timeout=60)
+    b = subprocess.run([sys.executable, "-m", "edifice", "list"], capture_output=True, text=True, timeout=60)
+    assert a.returncode == b.returncode == 0, a.stderr + b.stderr
+    assert a.stdout == b.stdout
+
+
 def test_train_writes_the_run_and_metrics(fm_run, capsys):
     assert RUN_FILES <= {p.name for p in fm_run.iterdir()}
     metrics = json.loads((fm_run / "metrics.json").read_text())
