@@ -58,12 +58,17 @@ def scatter_2d(
         ax.set_ylim(float(lo[1] - pad), float(hi[1] + pad))
     ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize=8, markerscale=4)
+    return _finish(fig, ax, path, title)
+
+
+def _finish(fig, ax, path: str | os.PathLike, title: str | None) -> Path:
+    """Title, lay out, save as PNG and close a figure; return the path."""
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -109,10 +114,4 @@ def loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | os.Pat
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title)
