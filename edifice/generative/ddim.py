@@ -40,10 +40,10 @@ from typing import Any
 
 import torch
 
-from edifice._checks import check_choice, check_cond, check_float, check_int, check_tensor, randn
+from edifice._checks import check_choice, check_cond, check_float, check_int, check_tensor
 from edifice.generative.ddpm import (
-    SPACINGS, TARGETS, _alpha_bar_arg, _c, _check_clip, _gather_ab, _schedule, _start, _x0_eps, build, loss,
-    timesteps,
+    SPACINGS, TARGETS, _alpha_bar_arg, _c, _check_clip, _gather_ab, _reverse_chain, _schedule, _start, _x0_eps,
+    build, loss, timesteps,
 )
 from edifice.schedules import NoiseSchedule
 
@@ -188,17 +188,13 @@ def sample(
     eta = check_float("eta", eta, min=0.0, max=1.0)
     clip_x0 = _check_clip(clip_x0)
     x = _start(net, shape, noise, generator, device, dtype)
-    ab = _gather_ab(schedule, ts.to(x.device), x)  # (steps,)
-    ab_prev = torch.cat([ab[1:], ab.new_ones(1)])  # (steps,)
-    t_in = ts.to(device=x.device, dtype=x.dtype)
-    for i, t in enumerate(ts.tolist()):
-        out = net(x, t_in[i].expand(x.shape[0]), **cond)
-        eps = out if target == "eps" else _x0_eps(out, x, ab[i], target)[1]
-        z = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if eta > 0 and i < steps - 1 else None
-        x, x0 = _ddim(x, eps, ab[i], ab_prev[i], eta, z, clip_x0)
-        if callback is not None:
-            callback(dict(i=i, t=t, x=x, x0=x0))
-    return x
+
+    def update(x, out, ab_t, ab_s, z):
+        eps = out if target == "eps" else _x0_eps(out, x, ab_t, target)[1]
+        return _ddim(x, eps, ab_t, ab_s, eta, z, clip_x0)
+
+    return _reverse_chain(net, x, ts, schedule, cond, update, noisy=eta > 0, generator=generator,
+                          callback=callback)
 
 
 @torch.no_grad()

@@ -439,13 +439,39 @@ def sample(
     steps = schedule.T if steps is None else check_int("steps", steps, min=1, max=schedule.T)
     ts = timesteps(schedule.T, steps, spacing=spacing)
     x = _start(net, shape, noise, generator, device, dtype)
+
+    def update(x, out, ab_t, ab_s, z):
+        return _ancestral(x, out, ab_t, ab_s, target, variance, clip_x0, z)
+
+    return _reverse_chain(net, x, ts, schedule, cond, update, noisy=True, generator=generator, callback=callback)
+
+
+def _reverse_chain(
+    net: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    ts: torch.Tensor,
+    schedule: NoiseSchedule,
+    cond: dict[str, Any],
+    update: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    *,
+    noisy: bool,
+    generator: torch.Generator | None,
+    callback: Callable[[dict[str, Any]], None] | None,
+) -> torch.Tensor:
+    """The one loop of the DDPM / DDIM samplers: ``x <- update(x, net(x, t), ᾱ_t, ᾱ_prev, z)`` over ``ts``.
+
+    ``ts`` is descending; the last step lands on ``x0`` (``ᾱ_prev = 1``) and draws no noise. ``z`` is fresh
+    ``N(0, I)`` from ``generator`` when ``noisy``, else None. Schedule values are gathered once before the loop,
+    so the loop makes no host sync.
+    """
     ab = _gather_ab(schedule, ts.to(x.device), x)  # (steps,)
     ab_prev = torch.cat([ab[1:], ab.new_ones(1)])  # (steps,)
     t_in = ts.to(device=x.device, dtype=x.dtype)
+    last = len(ts) - 1
     for i, t in enumerate(ts.tolist()):
         out = net(x, t_in[i].expand(x.shape[0]), **cond)
-        z = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if i < steps - 1 else None
-        x, x0 = _ancestral(x, out, ab[i], ab_prev[i], target, variance, clip_x0, z)
+        z = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if noisy and i < last else None
+        x, x0 = update(x, out, ab[i], ab_prev[i], z)
         if callback is not None:
             callback(dict(i=i, t=t, x=x, x0=x0))
     return x
