@@ -54,15 +54,12 @@ from edifice._checks import (
 )
 from edifice.blocks import backbone
 from edifice.generative._common import initial_noise
-from edifice.integrators import (
-    METHODS, divergence_exact, divergence_hutchinson, hutchinson_probes, network_field, odeint,
-)
+from edifice.integrators import DIVERGENCES, METHODS, cnf_log_prob, network_field, odeint
 
 __all__ = ["build", "sample_time", "ot_permutation", "ot_coupling", "path", "loss", "sample", "log_prob"]
 
 COUPLINGS = ("independent", "ot")
 TIME_DISTS = ("uniform", "logit_normal")
-DIVERGENCES = ("exact", "hutchinson")
 
 
 def build(
@@ -353,24 +350,11 @@ def log_prob(
     n_probes = check_int("n_probes", n_probes, min=1)
     cond = check_cond(cond)
     generator = check_generator(generator)
-    b, data_shape = x.shape[0], tuple(x.shape[1:])
-    d = math.prod(data_shape)
-    field = network_field(net, cond)
-    probes = None
-    if divergence == "hutchinson":  # drawn once per solve, as in FFJORD: the augmented field stays deterministic
-        probes = hutchinson_probes(x.shape, n_probes=n_probes, generator=generator, device=x.device, dtype=x.dtype)
+    d = x[0].numel()
 
-    def augmented(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        x_t = z[:, :d].reshape(b, *data_shape)  # (B, D + 1) -> (B, *data_shape)
-        if divergence == "exact":
-            v, div = divergence_exact(field, t, x_t)
-        else:
-            v, div = divergence_hutchinson(field, t, x_t, noise=probes)
-        return torch.cat([v.reshape(b, d), div[:, None]], dim=1)  # (B, D + 1)
+    def prior(z: torch.Tensor) -> torch.Tensor:
+        return -0.5 * z.flatten(1).square().sum(dim=1) - 0.5 * d * math.log(2.0 * math.pi)
 
-    z1 = torch.cat([x.detach().reshape(b, d), x.new_zeros(b, 1)], dim=1)  # (B, D + 1)
     ts = torch.linspace(1.0, 0.0, steps + 1, device=x.device, dtype=x.dtype)
-    with torch.no_grad():
-        z0 = odeint(augmented, z1, ts, method=method, rtol=rtol, atol=atol)
-    x0, ell = z0[:, :d], z0[:, d]
-    return -0.5 * x0.square().sum(dim=1) - 0.5 * d * math.log(2.0 * math.pi) + ell
+    return cnf_log_prob(network_field(net, cond), x, ts, prior_log_prob=prior, method=method, rtol=rtol, atol=atol,
+                        divergence=divergence, n_probes=n_probes, generator=generator)

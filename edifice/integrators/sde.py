@@ -6,7 +6,7 @@ ODEs. Time may decrease (reverse-time SDEs for sampling): the noise is scaled by
 
 :func:`sdeint` is one loop over a registry of predictor steps (:data:`SDE_STEPPERS`) with an optional
 ``corrector(t, x, *, generator)`` applied after each step; the Langevin corrector of Song et al. (2021) plugs
-in there (a later issue).
+in there, built from :func:`langevin_step` and :func:`langevin_step_size`.
 
 Example:
     >>> import torch
@@ -31,7 +31,7 @@ import torch
 
 from edifice._checks import append_dims, check_choice, check_generator, check_tensor, randn
 
-__all__ = ["euler_maruyama_step", "SDE_STEPPERS", "sdeint"]
+__all__ = ["euler_maruyama_step", "SDE_STEPPERS", "sdeint", "langevin_step", "langevin_step_size"]
 
 Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Diffusion = Callable[[torch.Tensor, torch.Tensor], Union[torch.Tensor, float]]
@@ -78,6 +78,46 @@ def euler_maruyama_step(
     """
     g = _broadcast_diffusion(diffusion(t, x), x)
     return x + drift(t, x) * dt + g * dt.abs().sqrt() * noise
+
+
+def langevin_step(x: torch.Tensor, score: torch.Tensor, step_size: torch.Tensor | float, noise: torch.Tensor) -> torch.Tensor:
+    """One unadjusted Langevin step: ``x + ε ∇log p(x) + sqrt(2ε) z``.
+
+    The building block of the Langevin corrector (Song et al. 2021, Algorithms 4-5) and of annealed Langevin
+    dynamics (Song & Ermon 2019, Algorithm 1).
+
+    Args:
+        x: ``(B, ...)`` state.
+        score: ``∇log p(x)``, shaped like ``x``.
+        step_size: ``ε``: a number, a 0-dim tensor or a per-sample ``(B,)`` tensor, ``> 0``.
+        noise: standard normal ``z`` shaped like ``x``.
+
+    Returns:
+        The new state, shaped like ``x``.
+    """
+    eps = _broadcast_diffusion(step_size, x)
+    return x + eps * score + (2.0 * eps) ** 0.5 * noise
+
+
+def langevin_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float, *, alpha: torch.Tensor | float = 1.0
+                       ) -> torch.Tensor:
+    """Step size of the Langevin corrector from a target signal-to-noise ratio: ``ε = 2 α (r ‖z‖ / ‖s‖)²``.
+
+    Song et al. (2021), Algorithms 4-5, with ``r`` the ``snr`` and ``α = 1`` (VE) or ``α_i = 1 - β_i`` (VP).
+    Norms are taken per sample (the reference code averages them over the batch, which couples the samples
+    of a batch); the result is ``(B,)``.
+
+    Args:
+        score: ``(B, ...)`` score ``s``. noise: ``(B, ...)`` the standard normal ``z`` of the step.
+        snr: target signal-to-noise ratio ``r > 0`` (0.16 for VE on CIFAR-10 in the paper).
+        alpha: ``α``, a number or a ``(B,)`` tensor.
+
+    Returns:
+        ``(B,)`` step sizes.
+    """
+    grad_norm = score.flatten(1).norm(dim=1)
+    noise_norm = noise.flatten(1).norm(dim=1)
+    return 2.0 * alpha * (snr * noise_norm / grad_norm.clamp_min(torch.finfo(score.dtype).tiny)).square()
 
 
 SDE_STEPPERS: dict[str, Callable[..., torch.Tensor]] = {"euler_maruyama": euler_maruyama_step}
