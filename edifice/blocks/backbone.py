@@ -21,6 +21,7 @@ def backbone(
     data_shape: tuple[int, ...],
     *,
     t_scale: float,
+    time_features: str = "sinusoidal",
     num_classes: int | None = None,
     hidden: int = 256,
     depth: int = 3,
@@ -34,6 +35,7 @@ def backbone(
     Args:
         data_shape: ``(D,)`` or a square image ``(C, H, H)``.
         t_scale: multiplier applied to ``t`` before the sinusoidal embedding.
+        time_features: ``"sinusoidal"`` or ``"fourier"`` (Gaussian random Fourier features).
         num_classes: labels for class conditioning (``y=None`` means the null label), or None.
         hidden, depth: ResMLP width and number of residual blocks (vector data).
         base_channels, channel_mults, num_res_blocks: UNet widths, per-level multipliers, blocks per level.
@@ -56,7 +58,7 @@ def backbone(
     mults = check_shape_tuple("channel_mults", channel_mults)
     dropout = check_float("dropout", dropout, min=0.0, max=1.0, max_open=True)
     if len(data_shape) == 1:
-        return ResMLP(data_shape[0], hidden=hidden, depth=depth, t_scale=t_scale, num_classes=num_classes,
+        return ResMLP(data_shape[0], hidden=hidden, depth=depth, t_scale=t_scale, time_features=time_features, num_classes=num_classes,
                       dropout=dropout)
     if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
         raise ValueError(f"data_shape must be (D,) or a square image (C, H, H), got {data_shape}")
@@ -66,4 +68,4 @@ def backbone(
             f"got data_shape={data_shape}, channel_mults={mults}"
         )
     return UNet(data_shape[0], image_size=data_shape[1], base_channels=base_channels, channel_mults=mults,
-                num_res_blocks=num_res_blocks, dropout=dropout, t_scale=t_scale, num_classes=num_classes)
+                num_res_blocks=num_res_blocks, dropout=dropout, t_scale=t_scale, time_features=time_features, num_classes=num_classes)

@@ -22,9 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edifice._checks import check_float, check_int, check_tensor
+from edifice._checks import check_choice, check_float, check_int, check_tensor
 
-__all__ = ["sinusoidal_embedding", "TimestepEmbedding", "LabelEmbedding", "condition_vector"]
+__all__ = ["sinusoidal_embedding", "TimestepEmbedding", "LabelEmbedding", "condition_vector", "TIME_FEATURES"]
+
+TIME_FEATURES = ("sinusoidal", "fourier")
+"""Time features of :class:`TimestepEmbedding`."""
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10000.0) -> torch.Tensor:
@@ -79,10 +82,17 @@ class TimestepEmbedding(nn.Module):
     DDPM networks use ``t_scale=1`` with integer steps ``t`` in ``0..T-1``; flow matching networks
     use ``t_scale=1000`` with ``t`` in ``[0, 1]`` so both see the same frequency range.
 
+    ``features="fourier"`` replaces the fixed geometric frequencies by Gaussian random Fourier features
+    ``[sin(2π W s t), cos(2π W s t)]`` with ``W ~ N(0, fourier_scale²)`` drawn once at construction and
+    stored as a buffer (Tancik et al. 2020); score networks of VE SDEs use them on ``log σ``
+    (Song et al. 2021, NCSN++ with ``fourier_scale = 16``).
+
     Args:
         dim: output width.
         freq_dim: width of the sinusoidal features (>= 2).
         t_scale: factor :math:`s` applied to ``t`` before the sinusoidal features (> 0).
+        features: ``"sinusoidal"`` (default) or ``"fourier"``.
+        fourier_scale: standard deviation of the random frequencies ``W`` (``features="fourier"``).
 
     Raises:
         TypeError / ValueError: for an invalid option.
@@ -90,6 +100,8 @@ class TimestepEmbedding(nn.Module):
     References:
         Denoising Diffusion Probabilistic Models, Ho et al., 2020, arXiv:2006.11239.
         Scalable Diffusion Models with Transformers, Peebles & Xie, 2023, arXiv:2212.09748.
+        Fourier Features Let Networks Learn High Frequency Functions in Low Dimensional Domains,
+        Tancik et al., 2020, arXiv:2006.10739.
 
     Example:
         >>> emb = TimestepEmbedding(16)
@@ -97,17 +109,26 @@ class TimestepEmbedding(nn.Module):
         torch.Size([3, 16])
     """
 
-    def __init__(self, dim: int, *, freq_dim: int = 256, t_scale: float = 1.0) -> None:
+    def __init__(self, dim: int, *, freq_dim: int = 256, t_scale: float = 1.0, features: str = "sinusoidal",
+                 fourier_scale: float = 16.0) -> None:
         super().__init__()
         self.dim = check_int("dim", dim, min=1)
         self.freq_dim = check_int("freq_dim", freq_dim, min=2)
         self.t_scale = check_float("t_scale", t_scale, min=0.0, min_open=True)
+        self.features = check_choice("features", features, TIME_FEATURES)
+        fourier_scale = check_float("fourier_scale", fourier_scale, min=0.0, min_open=True)
+        if features == "fourier":
+            self.register_buffer("fourier_w", torch.randn(freq_dim // 2) * fourier_scale)  # (freq_dim // 2,)
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """Embed times ``t`` of shape ``(B,)`` into ``(B, dim)``."""
         check_tensor("t", t, ndim=1)
-        freqs = sinusoidal_embedding(t * self.t_scale, self.freq_dim)  # (B, freq_dim)
+        if self.features == "fourier":
+            args = 2.0 * math.pi * (t * self.t_scale).to(self.fourier_w.dtype)[:, None] * self.fourier_w  # (B, F/2)
+            freqs = F.pad(torch.cat([args.sin(), args.cos()], dim=-1), (0, self.freq_dim % 2))  # (B, freq_dim)
+        else:
+            freqs = sinusoidal_embedding(t * self.t_scale, self.freq_dim)  # (B, freq_dim)
         return self.mlp(freqs.to(self.mlp[0].weight.dtype))  # (B, dim)
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from edifice._checks import batch_time, check_choice, check_float, check_int, check_tensor
 from edifice.blocks.adaln import modulate
-from edifice.blocks.embedding import LabelEmbedding, TimestepEmbedding, condition_vector
+from edifice.blocks.embedding import TIME_FEATURES, LabelEmbedding, TimestepEmbedding, condition_vector
 
 __all__ = ["ACTIVATIONS", "MLP", "ResMLP"]
 
@@ -120,6 +120,7 @@ class ResMLP(nn.Module):
         time_dim: width of the conditioning vector ``c``; ``None`` means ``hidden``.
         t_scale: factor applied to ``t`` before the sinusoidal embedding (1 for DDPM steps
             ``0..T-1``, 1000 for flow-matching times in ``[0, 1]``).
+        time_features: ``"sinusoidal"`` or ``"fourier"`` (Gaussian random features, see ``TimestepEmbedding``).
         num_classes: number of classes for label conditioning, or ``None`` (unconditional).
             With labels, ``y=None`` in ``forward`` means the null ("no label") class.
         dropout: dropout probability inside each block, in ``[0, 1)``.
@@ -145,6 +146,7 @@ class ResMLP(nn.Module):
         depth: int = 3,
         time_dim: int | None = None,
         t_scale: float = 1.0,
+        time_features: str = "sinusoidal",
         num_classes: int | None = None,
         dropout: float = 0.0,
     ) -> None:
@@ -154,16 +156,17 @@ class ResMLP(nn.Module):
         check_int("depth", depth, min=1)
         time_dim = hidden if time_dim is None else check_int("time_dim", time_dim, min=1)
         t_scale = check_float("t_scale", t_scale, min=0.0, min_open=True)
+        check_choice("time_features", time_features, TIME_FEATURES)
         if num_classes is not None:
             check_int("num_classes", num_classes, min=1)
         dropout = check_float("dropout", dropout, min=0.0, max=1.0, max_open=True)
         self.config: dict[str, Any] = dict(
             data_dim=data_dim, hidden=hidden, depth=depth, time_dim=time_dim,
-            t_scale=t_scale, num_classes=num_classes, dropout=dropout,
+            t_scale=t_scale, time_features=time_features, num_classes=num_classes, dropout=dropout,
         )
         self.data_dim = data_dim
         self.num_classes = num_classes
-        self.time_embed = TimestepEmbedding(time_dim, t_scale=t_scale)
+        self.time_embed = TimestepEmbedding(time_dim, t_scale=t_scale, features=time_features)
         self.label_embed = LabelEmbedding(num_classes, time_dim) if num_classes is not None else None
         self.inp = nn.Linear(data_dim, hidden)
         self.blocks = nn.ModuleList(ResMLPBlock(hidden, time_dim, dropout) for _ in range(depth))

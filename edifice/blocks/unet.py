@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from edifice._checks import batch_time, check_float, check_int, check_shape_tuple, check_tensor
+from edifice._checks import batch_time, check_choice, check_float, check_int, check_shape_tuple, check_tensor
 from edifice.blocks.attention import SelfAttention
-from edifice.blocks.embedding import LabelEmbedding, TimestepEmbedding, condition_vector
+from edifice.blocks.embedding import TIME_FEATURES, LabelEmbedding, TimestepEmbedding, condition_vector
 
 __all__ = ["UNet", "ResBlock", "AttentionBlock2d"]
 
@@ -147,6 +147,7 @@ class UNet(nn.Module):
             ``base_channels * mult``.
         t_scale: factor applied to ``t`` before the sinusoidal embedding (1 for DDPM steps,
             1000 for flow-matching times in ``[0, 1]``).
+        time_features: ``"sinusoidal"`` or ``"fourier"`` (Gaussian random features, see ``TimestepEmbedding``).
         num_classes: number of classes for label conditioning, or ``None`` (unconditional). With
             labels, ``y=None`` in ``forward`` means the null ("no label") class.
 
@@ -177,6 +178,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         groups: int = 8,
         t_scale: float = 1.0,
+        time_features: str = "sinusoidal",
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
@@ -190,6 +192,7 @@ class UNet(nn.Module):
         dropout = check_float("dropout", dropout, min=0.0, max=1.0, max_open=True)
         check_int("groups", groups, min=1)
         t_scale = check_float("t_scale", t_scale, min=0.0, min_open=True)
+        check_choice("time_features", time_features, TIME_FEATURES)
         if num_classes is not None:
             check_int("num_classes", num_classes, min=1)
 
@@ -227,13 +230,13 @@ class UNet(nn.Module):
             in_channels=in_channels, out_channels=out_channels, image_size=image_size,
             base_channels=base_channels, channel_mults=mults, num_res_blocks=num_res_blocks,
             attention_resolutions=attn, heads=heads, dropout=dropout, groups=groups,
-            t_scale=t_scale, num_classes=num_classes,
+            t_scale=t_scale, time_features=time_features, num_classes=num_classes,
         )
         self.in_channels, self.out_channels, self.image_size = in_channels, out_channels, image_size
         self.num_classes = num_classes
 
         emb_dim = 4 * base_channels
-        self.time_embed = TimestepEmbedding(emb_dim, t_scale=t_scale)
+        self.time_embed = TimestepEmbedding(emb_dim, t_scale=t_scale, features=time_features)
         self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes is not None else None
         kw = dict(dropout=dropout, groups=groups)
 

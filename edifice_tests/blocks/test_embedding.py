@@ -126,3 +126,21 @@ def test_condition_vector_null_label_and_errors():
         condition_vector(te, None, t, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"y must have shape \(2,\)"):
         condition_vector(te, le, t, torch.tensor([0, 1, 2]))
+
+
+def test_fourier_time_features_are_fixed_random_frequencies_saved_with_the_module():
+    torch.manual_seed(0)
+    emb = TimestepEmbedding(8, freq_dim=16, features="fourier", fourier_scale=16.0)
+    assert emb.fourier_w.shape == (8,) and not emb.fourier_w.requires_grad
+    assert "fourier_w" in emb.state_dict()
+    torch.manual_seed(1)
+    other = TimestepEmbedding(8, freq_dim=16, features="fourier")
+    other.load_state_dict(emb.state_dict())
+    t = torch.tensor([-3.0, 0.0, 2.5])
+    torch.testing.assert_close(other(t), emb(t))
+    assert emb(t).shape == (3, 8)
+
+
+def test_time_features_must_be_known():
+    with pytest.raises(ValueError, match="features"):
+        TimestepEmbedding(8, features="wavelet")

@@ -100,7 +100,8 @@ def test_resmlp_config_rebuilds_the_same_network(gen):
     net = ResMLP(3, hidden=16, depth=2, t_scale=1000, num_classes=4, dropout=0.1)
     cfg = json.loads(json.dumps(net.config))
     assert cfg == net.config
-    assert cfg == dict(data_dim=3, hidden=16, depth=2, time_dim=16, t_scale=1000.0, num_classes=4, dropout=0.1)
+    assert cfg == dict(data_dim=3, hidden=16, depth=2, time_dim=16, t_scale=1000.0, time_features="sinusoidal",
+                       num_classes=4, dropout=0.1)
     twin = ResMLP(**cfg)
     twin.load_state_dict(net.state_dict())
     net.eval(), twin.eval()
