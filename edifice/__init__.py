@@ -20,6 +20,9 @@ _FAMILIES: dict[str, str] = {
     "ddpm": "edifice.generative.ddpm",
     "ddim": "edifice.generative.ddim",
     "flow_matching": "edifice.generative.flow_matching",
+    "score_sde": "edifice.generative.score_sde",
+    "edm": "edifice.generative.edm",
+    "ncsn": "edifice.generative.ncsn",
 }
 
 

@@ -91,6 +91,9 @@ def _check_device(device: str | None) -> None:
         raise _ArgError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
 
 
+SDE_CHOICES = ("vp", "ve", "subvp")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands ``list``, ``train``, ``sample``, ``eval``)."""
     p = argparse.ArgumentParser(prog="edifice", description="Train, sample and evaluate generative models.")
@@ -120,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables (default 1)")
     t.add_argument("--log-every", type=int, default=None, help="steps between log lines")
     t.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints (default 500)")
+    t.add_argument("--sde", choices=SDE_CHOICES, default=None,
+                   help="SDE of score_sde: vp, ve or subvp (the same as --option sde=...; default vp)")
     t.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="family option, repeatable, e.g. --option hidden=128 --option coupling=ot")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -194,6 +199,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_device(args.device)
     RECIPES[args.family].check_sampler(args.eval_sampler, args.eval_steps)
     options = _options(args.option)
+    if args.sde is not None:
+        if "sde" not in RECIPES[args.family].build_keys():
+            raise _ArgError(f"--sde is an option of score_sde, not of {args.family!r}")
+        if options.get("sde", args.sde) != args.sde:
+            raise _ArgError(f"--sde {args.sde} contradicts --option sde={options['sde']}")
+        options["sde"] = args.sde
     out = Path(args.out)
     _check_writable_dir(out, "--out")
     t0 = time.perf_counter()

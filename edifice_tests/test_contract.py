@@ -32,6 +32,28 @@ CASES = {
          dict(steps=3, method="midpoint"), ("base_channels", 0)),
         ("class", dict(data_shape=(2,), hidden=32, depth=2, num_classes=3), (2,), dict(steps=4), ("num_classes", -2)),
     ],
+    "score_sde": [
+        ("vp", dict(data_shape=(2,), hidden=32, depth=2), (2,), dict(steps=6), ("hidden", 0)),
+        ("ve-em", dict(data_shape=(2,), hidden=32, depth=2, sde="ve"), (2,), dict(steps=6, sampler="em"),
+         ("sigma_max", 0.001)),
+        ("subvp-ode", dict(data_shape=(2,), hidden=32, depth=2, sde="subvp", num_classes=3), (2,),
+         dict(steps=4, sampler="ode", method="heun"), ("sde", "vpp")),
+        ("image", dict(data_shape=(1, 8, 8), base_channels=8, channel_mults=(1, 2)), (1, 8, 8), dict(steps=3),
+         ("base_channels", 0)),
+    ],
+    "edm": [
+        ("vector", dict(data_shape=(2,), hidden=32, depth=2), (2,), dict(steps=5), ("sigma_data", 0.0)),
+        ("stochastic", dict(data_shape=(2,), hidden=32, depth=2, num_classes=3), (2,),
+         dict(steps=5, s_churn=10.0, sampler="heun"), ("num_classes", 0)),
+        ("image", dict(data_shape=(1, 8, 8), base_channels=8, channel_mults=(1, 2)), (1, 8, 8),
+         dict(steps=3, sampler="euler"), ("channel_mults", ())),
+    ],
+    "ncsn": [
+        ("vector", dict(data_shape=(2,), hidden=32, depth=2, num_scales=4), (2,), dict(steps_per_level=3),
+         ("num_scales", 0)),
+        ("image", dict(data_shape=(1, 8, 8), base_channels=8, channel_mults=(1, 2), num_scales=3), (1, 8, 8),
+         dict(steps_per_level=2), ("sigma_min", 5.0)),
+    ],
 }
 
 PARAMS = [

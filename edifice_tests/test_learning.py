@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from edifice.data import toy2d
-from edifice.generative import ddim, ddpm
+from edifice.generative import ddim, ddpm, edm, ncsn, score_sde
 from edifice.generative import flow_matching as fm
 from edifice.metrics import w2
 
@@ -35,10 +35,10 @@ def mode_coverage(x: torch.Tensor) -> tuple[float, float, float]:
     return float(near.double().mean()), float(shares.min()), float(shares.max())
 
 
-def train(family, data: str, steps: int, **loss_kw) -> torch.nn.Module:
+def train(family, data: str, steps: int, build_kw=None, **loss_kw) -> torch.nn.Module:
     torch.manual_seed(0)  # initialisation only
     g = torch.Generator().manual_seed(0)
-    net = family.build(data_shape=(2,), hidden=128, depth=3)
+    net = family.build(data_shape=(2,), hidden=128, depth=3, **(build_kw or {}))
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
@@ -55,9 +55,9 @@ def held_out(data: str) -> torch.Tensor:
     return toy2d.sample(data, N_EVAL, generator=torch.Generator().manual_seed(12345))
 
 
-def untrained(family) -> torch.nn.Module:
+def untrained(family, build_kw=None) -> torch.nn.Module:
     torch.manual_seed(1)
-    net = family.build(data_shape=(2,), hidden=128, depth=3)
+    net = family.build(data_shape=(2,), hidden=128, depth=3, **(build_kw or {}))
     with torch.no_grad():  # fresh nets may have zero output layers: give the untrained net a real output
         for p in net.parameters():
             p.add_(0.05 * torch.randn(p.shape))
@@ -105,3 +105,45 @@ def test_learns_8gaussians(name):
     assert after < 0.45
     assert near > 0.85, f"only {near:.2f} of samples within 3 std of a mode"
     assert lo > 0.07 and hi < 0.18, f"mode shares {lo:.3f}..{hi:.3f} (1/8 = 0.125 each)"
+
+
+# -- continuous-time families: W2 of samples, and the NLL of a short run against the untrained net ------------
+
+CONTINUOUS = {
+    # name: (module, build options, data, sampler(net, g), log_prob(net, x) or None)
+    "score_sde_vp": (score_sde, {"sde": "vp"}, "moons",
+                     lambda net, g: score_sde.sample(net, (N_EVAL, 2), sampler="pc", steps=300, generator=g),
+                     lambda net, x: score_sde.log_prob(net, x, steps=40, method="heun")),
+    "score_sde_ve": (score_sde, {"sde": "ve", "sigma_max": 10.0}, "8gaussians",
+                     lambda net, g: score_sde.sample(net, (N_EVAL, 2), sampler="ode", steps=60, method="heun",
+                                                     generator=g),
+                     None),
+    "edm": (edm, {"sigma_data": 1.0}, "8gaussians",
+            lambda net, g: edm.sample(net, (N_EVAL, 2), steps=18, sampler="heun", generator=g),
+            lambda net, x: edm.log_prob(net, x, steps=40, method="heun")),
+    "ncsn": (ncsn, {"sigma_max": 5.0, "num_scales": 10}, "moons",
+             lambda net, g: ncsn.sample(net, (N_EVAL, 2), steps_per_level=50, generator=g),
+             None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTINUOUS))
+def test_continuous_family_learns(name):
+    family, build_kw, data, sampler, log_prob = CONTINUOUS[name]
+    test = held_out(data)
+    g = torch.Generator().manual_seed(7)
+    net = train(family, data, 1500, build_kw=build_kw)
+    fresh = untrained(family, build_kw)
+    with torch.no_grad():
+        before = float(w2(sampler(fresh, g), test))
+        after = float(w2(sampler(net, g), test))
+    line = f"{name} {data} W2: untrained {before:.3f} -> trained {after:.3f}"
+    limit = 0.3 if data == "moons" else 0.45
+    assert before > 0.8, line
+    assert after < limit and after < 0.35 * before, line
+    if log_prob is not None:
+        x = test[:300]
+        nll0, nll1 = float(-log_prob(fresh, x).mean()), float(-log_prob(net, x).mean())
+        line += f"; NLL untrained {nll0:.3f} -> trained {nll1:.3f} nats"
+        assert math.isfinite(nll1) and nll1 < nll0 - 0.5, line
+    print(line)

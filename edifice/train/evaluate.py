@@ -208,11 +208,18 @@ def _nll(recipe, run_dir, config, data, x_test, kind, nll_n, seed, device) -> di
     x = x_test[:nll_n].to(device)
     nets, _ = load(run_dir, device=device)
     g = torch.Generator(device=device).manual_seed(seed)
-    lp = recipe.log_prob(nets, x, options=config["options"], generator=g).double().cpu()  # (B,) model space
     d = x[0].numel()
-    # log p_unit(u) = log p_model(x) - D log|du/dx| for the affine map u = to_unit(x).
+    # The map u = to_unit(x) is affine: u = offset + slope * x ([0, 1] pixels for images, identity for points).
     probe = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    offset = float(data.to_unit(probe[:1])[0]) if kind == "images" else 0.0
     slope = float((data.to_unit(probe[1:]) - data.to_unit(probe[:1]))[0] / 0.5) if kind == "images" else 1.0
+    if kind == "images":
+        # Uniform dequantisation of 8-bit pixels (Theis et al. 2016): k/255 -> (k + u)/256, u ~ U(0, 1).
+        k = (data.to_unit(x.double().cpu()) * 255).round()
+        u = torch.rand(k.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        x = (((k + u) / 256 - offset) / slope).to(device=device, dtype=x.dtype)
+    lp = recipe.log_prob(nets, x, options=config["options"], generator=g).double().cpu()  # (B,) model space
+    # log p_unit(u) = log p_model(x) - D log|du/dx| for the affine map u = to_unit(x).
     lp = lp - d * math.log(abs(slope))
     if not bool(torch.isfinite(lp).all()):
         return {"nll": None, "nll_n": nll_n}

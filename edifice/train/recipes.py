@@ -234,12 +234,25 @@ def _ddpm_loss(recipe, net, x, cond, s, generator):
 
 def _ddpm_sample(recipe, net, shape, cond, s, sampler, steps, generator, device):
     schedule = _schedule(s["schedule"], s["T"])
+    if sampler in ("dpm_solver", "dpm_solver_pp"):  # the same network through the fast ODE solvers
+        dpm = importlib.import_module("edifice.generative.dpm_solver")
+        return dpm.sample(net, shape, schedule=schedule, model_kind=s["target"], steps=steps,
+                          **_DPM[sampler], generator=generator, cond=cond, device=device)
+    if sampler in ("euler", "heun"):  # Karras et al.'s samplers on the DDPM network as a denoiser
+        edm = importlib.import_module("edifice.generative.edm")
+        sigmas = edm.vp_sigmas(schedule, steps)
+        return edm.sample(edm.vp_denoiser(net, schedule, target=s["target"]), shape, sampler=sampler,
+                          sigmas=sigmas, generator=generator, cond=cond, device=device)
     common = dict(schedule=schedule, target=s["target"], clip_x0=s["clip_x0"], generator=generator, cond=cond,
                   device=device)
     if sampler == "ddpm":
         return recipe.family().sample(net, shape, steps=steps, variance=s["variance"], **common)
     ddim = importlib.import_module("edifice.generative.ddim")
     return ddim.sample(net, shape, steps=steps, eta=s["eta"], **common)
+
+
+_DPM = {"dpm_solver": dict(algorithm="dpm_solver", order=3, method="singlestep"),
+        "dpm_solver_pp": dict(algorithm="dpm_solver_pp", order=2, method="multistep")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,14 +284,113 @@ def _fm_log_prob(recipe, net, x, cond, s, generator):
                                     divergence=divergence, generator=generator)
 
 
+# ---------------------------------------------------------------------------------------------
+# Score SDEs (VP, VE, sub-VP), EDM and NCSN.
+
+_NLL_METHODS = ("euler", "midpoint", "heun", "rk4", "dopri5")
+
+
+def _nll_check(s: dict) -> None:
+    check_int("nll_steps", s["nll_steps"], min=1)
+    check_choice("nll_method", s["nll_method"], _NLL_METHODS)
+    check_choice("divergence", s["divergence"], (None, "exact", "hutchinson"))
+
+
+def _divergence(s: dict, x: torch.Tensor) -> str:
+    from ..integrators import auto_divergence
+
+    return s["divergence"] or auto_divergence(x)
+
+
+def _sde_check(s: dict) -> None:
+    check_choice("weighting", s["weighting"], ("variance", "likelihood", "none"))
+    check_float("train_eps", s["train_eps"], min=0.0, max=1.0, min_open=True, max_open=True)
+    check_float("sample_eps", s["sample_eps"], min=0.0, max=1.0, min_open=True, max_open=True)
+    check_float("snr", s["snr"], min=0.0, min_open=True)
+    check_choice("predictor", s["predictor"], ("euler_maruyama", "reverse_diffusion"))
+    check_choice("corrector", s["corrector"], ("langevin", "none"))
+    check_choice("ode_method", s["ode_method"], _NLL_METHODS)
+    _nll_check(s)
+
+
+def _sde_loss(recipe, net, x, cond, s, generator):
+    return recipe.family().loss(net, x, weighting=s["weighting"], eps=s["train_eps"], generator=generator,
+                                cond=cond)
+
+
+def _sde_sample(recipe, net, shape, cond, s, sampler, steps, generator, device):
+    if sampler in ("dpm_solver", "dpm_solver_pp"):
+        if net.sde.name != "vp":
+            raise ValueError(f"sampler {sampler!r} needs the vp SDE, but this model was trained with "
+                             f"sde={net.sde.name!r}; use pc, em or ode")
+        dpm = importlib.import_module("edifice.generative.dpm_solver")
+        return dpm.sample(net, shape, schedule=net.sde, model_kind="score", steps=steps, **_DPM[sampler],
+                          generator=generator, cond=cond, device=device)
+    kw = dict(sampler=sampler, steps=steps, eps=s["sample_eps"], generator=generator, cond=cond, device=device)
+    if sampler == "pc":
+        kw.update(predictor=s["predictor"], corrector=s["corrector"], snr=s["snr"])
+    elif sampler == "ode":
+        kw.update(method=s["ode_method"])
+    return recipe.family().sample(net, shape, **kw)
+
+
+def _sde_log_prob(recipe, net, x, cond, s, generator):
+    return recipe.family().log_prob(net, x, eps=s["train_eps"], steps=s["nll_steps"], method=s["nll_method"],
+                                    divergence=_divergence(s, x), generator=generator, cond=cond)
+
+
+def _edm_check(s: dict) -> None:
+    from ..schedules import check_sigma_range
+
+    check_sigma_range(s["sigma_min"], s["sigma_max"])
+    check_float("rho", s["rho"], min=0.0, min_open=True)
+    check_float("p_mean", s["p_mean"])
+    check_float("p_std", s["p_std"], min=0.0, min_open=True)
+    check_float("s_churn", s["s_churn"], min=0.0)
+    check_float("s_noise", s["s_noise"], min=0.0)
+    _nll_check(s)
+
+
+def _edm_loss(recipe, net, x, cond, s, generator):
+    return recipe.family().loss(net, x, p_mean=s["p_mean"], p_std=s["p_std"], generator=generator, cond=cond)
+
+
+def _edm_sample(recipe, net, shape, cond, s, sampler, steps, generator, device):
+    return recipe.family().sample(net, shape, steps=steps, sampler=sampler, sigma_min=s["sigma_min"],
+                                  sigma_max=s["sigma_max"], rho=s["rho"], s_churn=s["s_churn"],
+                                  s_noise=s["s_noise"], generator=generator, cond=cond, device=device)
+
+
+def _edm_log_prob(recipe, net, x, cond, s, generator):
+    return recipe.family().log_prob(net, x, sigma_min=s["sigma_min"], sigma_max=s["sigma_max"], rho=s["rho"],
+                                    steps=s["nll_steps"], method=s["nll_method"], divergence=_divergence(s, x),
+                                    generator=generator, cond=cond)
+
+
+def _ncsn_check(s: dict) -> None:
+    check_float("step_lr", s["step_lr"], min=0.0, min_open=True)
+    if not isinstance(s["denoise"], bool):
+        raise TypeError(f"option denoise must be true or false, got {s['denoise']!r}")
+
+
+def _ncsn_loss(recipe, net, x, cond, s, generator):
+    return recipe.family().loss(net, x, generator=generator, cond=cond)
+
+
+def _ncsn_sample(recipe, net, shape, cond, s, sampler, steps, generator, device):
+    return recipe.family().sample(net, shape, steps_per_level=steps, step_lr=s["step_lr"], denoise=s["denoise"],
+                                  generator=generator, cond=cond, device=device)
+
+
 _COMMON = {"conditional": None, "label_dropout": 0.1}
+_NLL = {"nll_steps": 50, "nll_method": "heun", "divergence": None}
 
 RECIPES: dict[str, Recipe] = {
     "ddpm": Recipe(
         name="ddpm",
         module="edifice.generative.ddpm",
-        summary="denoising diffusion (Ho et al. 2020), sampled ancestrally or with DDIM (Song et al. 2021)",
-        samplers={"ddpm": None, "ddim": 50},
+        summary="denoising diffusion (Ho et al. 2020): ancestral, DDIM, DPM-Solver(++), Karras Euler / Heun sampling",
+        samplers={"ddpm": None, "ddim": 50, "dpm_solver": 30, "dpm_solver_pp": 20, "euler": 50, "heun": 25},
         default_sampler="ddpm",
         settings={**_COMMON, "schedule": "linear", "T": 1000, "target": "eps", "variance": "small",
                   "eta": 0.0, "clip_x0": None},
@@ -302,6 +414,49 @@ RECIPES: dict[str, Recipe] = {
         sample_fn=_fm_sample,
         log_prob_fn=_fm_log_prob,
         check_settings=_fm_check,
+    ),
+    "score_sde": Recipe(
+        name="score_sde",
+        module="edifice.generative.score_sde",
+        summary="score-based SDEs (Song et al. 2021): VP / VE / sub-VP, PC, EM, probability-flow ODE, exact NLL",
+        samplers={"pc": 500, "em": 1000, "ode": 100, "dpm_solver": 30, "dpm_solver_pp": 20},
+        default_sampler="pc",
+        settings={**_COMMON, "weighting": "variance", "train_eps": 1e-5, "sample_eps": 1e-3, "snr": 0.16,
+                  "predictor": "reverse_diffusion", "corrector": "langevin", "ode_method": "heun", **_NLL},
+        point_defaults={"hidden": 128, "depth": 3},
+        image_defaults={},
+        loss_fn=_sde_loss,
+        sample_fn=_sde_sample,
+        log_prob_fn=_sde_log_prob,
+        check_settings=_sde_check,
+    ),
+    "edm": Recipe(
+        name="edm",
+        module="edifice.generative.edm",
+        summary="EDM (Karras et al. 2022): preconditioned denoiser, Heun / Euler / stochastic sampling, exact NLL",
+        samplers={"heun": 18, "euler": 35},
+        default_sampler="heun",
+        settings={**_COMMON, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0, "p_mean": -1.2, "p_std": 1.2,
+                  "s_churn": 0.0, "s_noise": 1.0, **_NLL},
+        point_defaults={"hidden": 128, "depth": 3},
+        image_defaults={},
+        loss_fn=_edm_loss,
+        sample_fn=_edm_sample,
+        log_prob_fn=_edm_log_prob,
+        check_settings=_edm_check,
+    ),
+    "ncsn": Recipe(
+        name="ncsn",
+        module="edifice.generative.ncsn",
+        summary="NCSN (Song & Ermon 2019): noise-conditional scores, annealed Langevin dynamics",
+        samplers={"langevin": 100},
+        default_sampler="langevin",
+        settings={**_COMMON, "step_lr": 2e-5, "denoise": True},
+        point_defaults={"hidden": 128, "depth": 3, "sigma_max": 5.0},
+        image_defaults={},
+        loss_fn=_ncsn_loss,
+        sample_fn=_ncsn_sample,
+        check_settings=_ncsn_check,
     ),
 }
 
