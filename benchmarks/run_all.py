@@ -13,14 +13,22 @@ import time
 import traceback
 
 import common
+import likelihood_cost
 import main_job
 import sampler_overhead
+import sampler_overhead_score
+import sampler_quality
+import score_nll
 import train_throughput
 
 BENCHMARKS = {
     "sampler_overhead": sampler_overhead.main,
     "train_throughput": train_throughput.main,
     "main_job": main_job.main,
+    "sampler_overhead_score": sampler_overhead_score.main,
+    "score_nll": score_nll.main,
+    "sampler_quality": sampler_quality.main,
+    "likelihood_cost": likelihood_cost.main,
 }
 
 

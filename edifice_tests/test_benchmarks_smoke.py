@@ -2,8 +2,8 @@
 
 This keeps ``benchmarks/`` from rotting as the library changes. It runs ``benchmarks/run_all.py
 --quick`` once in a subprocess (one interpreter start and one import of torch / diffusers for all
-three benchmarks) and checks the keys and that every timing, memory and distance is a positive
-finite number. It never asserts a speed: quick-mode numbers mean nothing.
+the benchmarks) and checks the keys and that every timing, memory and distance is a positive
+finite number. It never asserts a speed or a quality: quick-mode numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 MACHINE_KEYS = {"date", "python", "torch", "threads", "cpu_count", "device"}
+NAMES = ["sampler_overhead", "train_throughput", "main_job", "sampler_overhead_score", "score_nll", "sampler_quality",
+         "likelihood_cost"]
 
 
 def _positive(value, what: str) -> None:
@@ -47,15 +49,15 @@ def results(tmp_path_factory) -> dict[str, dict]:
     )
     assert proc.returncode == 0, f"run_all.py --quick failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     loaded = {}
-    for name in ("sampler_overhead", "train_throughput", "main_job"):
+    for name in NAMES:
         path = out / f"{name}.json"
         assert path.is_file(), f"{name}.json was not written; output:\n{proc.stdout[-2000:]}"
         loaded[name] = json.loads(path.read_text())
-    assert proc.stdout.count("### ") == 3 and "|---" in proc.stdout  # the markdown tables were printed
+    assert proc.stdout.count("### ") == len(NAMES) and "|---" in proc.stdout  # the markdown tables were printed
     return loaded
 
 
-@pytest.mark.parametrize("name", ["sampler_overhead", "train_throughput", "main_job"])
+@pytest.mark.parametrize("name", NAMES)
 def test_common_fields(results, name):
     r = results[name]
     assert r["name"] == name and r["quick"] is True
@@ -104,3 +106,64 @@ def test_main_job(results):
         _stat(res[key], key)
     run = results["main_job"]["runs"][0]
     assert "w2" in run["metrics"] and "flow_matching" in run["command"]
+
+
+def test_sampler_overhead_score(results):
+    rows = results["sampler_overhead_score"]["rows"]
+    assert [row["case"] for row in rows] == ["dpm_solver_pp", "euler", "heun"]
+    for row in rows:
+        what = row["case"]
+        assert row["network_calls"] == (2 * row["steps"] - 1 if what == "heun" else row["steps"])
+        for key in ("bare", "edifice"):
+            _stat(row["per_call_s"][key], f"{what}.per_call_s.{key}")
+        _stat(row["overhead_ratio"], f"{what}.overhead_ratio")
+        for loop, stat in row["loop_us_per_call"].items():
+            _stat(stat, f"{what}.loop_us_per_call.{loop}")
+        if HAS_DIFFUSERS:
+            _stat(row["edifice_over_peer"], f"{what}.edifice_over_peer")
+            # same timesteps, noise and network: only float32 rounding separates the two samples
+            assert 0 <= row["max_abs_diff_vs_peer"] <= 1e-4 * max(1.0, row["max_abs_sample"]), row
+
+
+def test_score_nll(results):
+    rows = results["score_nll"]["rows"]
+    assert {(r["data"], r["family"]) for r in rows} == {
+        (d, f) for d in ("moons", "8gaussians", "checkerboard") for f in ("score_sde", "edm", "flow_matching")}
+    for r in rows:
+        _positive(r["floor"], "floor")
+        _positive(r["train"]["seconds"], "train.seconds")
+        for key in ("default", "fine"):
+            n = r["nll"][key]
+            assert math.isfinite(n["nll"]) and n["non_finite"] == 0, (r["data"], r["family"], key, n)
+            _positive(n["se"], "nll.se")
+
+
+def test_sampler_quality(results):
+    res = results["sampler_quality"]
+    _positive(res["floor_w2"], "floor_w2")
+    _positive(res["prior_w2"], "prior_w2")
+    budgets = res["settings"]["budgets"]
+    rows = res["rows"]
+    assert {r["part"] for r in rows} == {"exact", "trained"} and len(rows) == 24
+    for r in rows:
+        assert [c["budget"] for c in r["cells"]] == budgets
+        for c in r["cells"]:
+            # network calls are counted, never more than the budget and never far below it
+            assert c["budget"] - 2 <= c["calls"] <= c["budget"], (r["sampler"], c)
+            assert math.isnan(c["w2"]) or c["w2"] > 0
+        if r["part"] == "exact":
+            assert all(math.isfinite(c["w2"]) for c in r["cells"]), r
+
+
+def test_likelihood_cost(results):
+    rows = {r["data"]: r for r in results["likelihood_cost"]["rows"]}
+    assert set(rows) == {"moons", "digits"} and rows["digits"]["dims"] == 64
+    variants = {"exact"} | {f"hutchinson × {k}" for k in results["likelihood_cost"]["settings"]["probes"]}
+    for name, r in rows.items():
+        assert set(r["per_sample_s"]) == variants
+        for key, stat in r["per_sample_s"].items():
+            _stat(stat, f"{name}.{key}")
+            assert math.isfinite(r["nll"][key]["mean"])
+        for key, n in r["nll"].items():
+            if key != "exact":
+                _positive(n["per_point_std"], f"{name}.{key}.per_point_std")

@@ -251,8 +251,10 @@ def _ddpm_sample(recipe, net, shape, cond, s, sampler, steps, generator, device)
     return ddim.sample(net, shape, steps=steps, eta=s["eta"], **common)
 
 
-_DPM = {"dpm_solver": dict(algorithm="dpm_solver", order=3, method="singlestep"),
-        "dpm_solver_pp": dict(algorithm="dpm_solver_pp", order=2, method="multistep")}
+# logSNR-uniform steps: Lu et al. recommend them for low-dimensional data (10-call RMS error 0.022 against
+# 0.24 for time-uniform steps on a 2-D Gaussian, edifice_tests/generative/test_dpm_solver.py).
+_DPM = {"dpm_solver": dict(algorithm="dpm_solver", order=3, method="singlestep", skip_type="logSNR"),
+        "dpm_solver_pp": dict(algorithm="dpm_solver_pp", order=2, method="multistep", skip_type="logSNR")}
 
 
 # ---------------------------------------------------------------------------------------------
