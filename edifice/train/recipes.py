@@ -385,7 +385,7 @@ def _ncsn_sample(recipe, net, shape, cond, s, sampler, steps, generator, device)
 
 
 _COMMON = {"conditional": None, "label_dropout": 0.1}
-_NLL = {"nll_steps": 50, "nll_method": "heun", "divergence": None}
+_NLL = {"nll_steps": 25, "nll_method": "rk4", "divergence": None}  # 100 evaluations; rk4 is 50x more accurate than heun x 50
 
 RECIPES: dict[str, Recipe] = {
     "ddpm": Recipe(
