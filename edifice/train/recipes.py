@@ -385,7 +385,8 @@ def _ncsn_sample(recipe, net, shape, cond, s, sampler, steps, generator, device)
 
 
 _COMMON = {"conditional": None, "label_dropout": 0.1}
-_NLL = {"nll_steps": 25, "nll_method": "rk4", "divergence": None}  # 100 evaluations; rk4 is 50x more accurate than heun x 50
+# Likelihood: rk4 x 25 = 100 field evaluations; on EDM's Gaussian oracle it is within 8e-4 nats, heun x 50 0.04.
+_NLL = {"nll_steps": 25, "nll_method": "rk4", "divergence": None}
 
 RECIPES: dict[str, Recipe] = {
     "ddpm": Recipe(
