@@ -114,7 +114,7 @@ CONTINUOUS = {
     "score_sde_vp": (score_sde, {"sde": "vp"}, "moons",
                      lambda net, g: score_sde.sample(net, (N_EVAL, 2), sampler="pc", steps=300, generator=g),
                      lambda net, x: score_sde.log_prob(net, x, steps=20, method="rk4")),
-    "score_sde_ve": (score_sde, {"sde": "ve", "sigma_max": 10.0}, "8gaussians",
+    "score_sde_ve": (score_sde, {"sde": "ve", "sigma_max": 10.0, "time_features": "sinusoidal"}, "8gaussians",
                      lambda net, g: score_sde.sample(net, (N_EVAL, 2), sampler="ode", steps=60, method="heun",
                                                      generator=g),
                      None),

@@ -25,10 +25,10 @@ from edifice.integrators.ode import (
     odeint,
     rk4_step,
 )
-from edifice.integrators.sde import SDE_STEPPERS, euler_maruyama_step, sdeint
+from edifice.integrators.sde import SDE_STEPPERS, euler_maruyama_step, langevin_step, langevin_step_size, sdeint
 
 __all__ = [
     "odeint", "network_field", "euler_step", "midpoint_step", "heun_step", "rk4_step", "STEPPERS", "ADAPTIVE",
-    "METHODS", "sdeint", "euler_maruyama_step", "SDE_STEPPERS", "divergence_exact", "divergence_hutchinson",
+    "METHODS", "sdeint", "euler_maruyama_step", "SDE_STEPPERS", "langevin_step", "langevin_step_size", "divergence_exact", "divergence_hutchinson",
     "hutchinson_probes", "PROBE_DISTRIBUTIONS", "cnf_log_prob", "DIVERGENCES", "auto_divergence",
 ]

@@ -104,8 +104,9 @@ def langevin_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float, *, 
     """Step size of the Langevin corrector from a target signal-to-noise ratio: ``ε = 2 α (r ‖z‖ / ‖s‖)²``.
 
     Song et al. (2021), Algorithms 4-5, with ``r`` the ``snr`` and ``α = 1`` (VE) or ``α_i = 1 - β_i`` (VP).
-    Norms are taken per sample (the reference code averages them over the batch, which couples the samples
-    of a batch); the result is ``(B,)``.
+    ``‖z‖`` and ``‖s‖`` are per-sample norms averaged over the batch, as in the reference code: a per-sample
+    ratio ``‖z‖ / ‖s‖`` has an infinite mean in two dimensions (the score vanishes at the modes) and makes the
+    corrector explode. A zero score gives ``ε = 0`` (no step) rather than a NaN.
 
     Args:
         score: ``(B, ...)`` score ``s``. noise: ``(B, ...)`` the standard normal ``z`` of the step.
@@ -113,11 +114,12 @@ def langevin_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float, *, 
         alpha: ``α``, a number or a ``(B,)`` tensor.
 
     Returns:
-        ``(B,)`` step sizes.
+        ``ε``: a 0-dim tensor, or ``(B,)`` when ``alpha`` is ``(B,)``.
     """
-    grad_norm = score.flatten(1).norm(dim=1)
-    noise_norm = noise.flatten(1).norm(dim=1)
-    return 2.0 * alpha * (snr * noise_norm / grad_norm.clamp_min(torch.finfo(score.dtype).tiny)).square()
+    grad_norm = score.flatten(1).norm(dim=1).mean()  # 0-dim
+    noise_norm = noise.flatten(1).norm(dim=1).mean()  # 0-dim
+    ratio = torch.where(grad_norm > 0, snr * noise_norm / grad_norm, torch.zeros_like(grad_norm))
+    return 2.0 * alpha * ratio.square()
 
 
 SDE_STEPPERS: dict[str, Callable[..., torch.Tensor]] = {"euler_maruyama": euler_maruyama_step}

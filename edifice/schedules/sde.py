@@ -166,9 +166,15 @@ class VPSDE(SDE):
         return (-torch.expm1(2.0 * self.log_mean_coeff(t))).sqrt()
 
     def discretize(self, x: torch.Tensor, t: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """DDPM discretisation: ``β_i = (β_min + i (β_max - β_min) / (N - 1)) / N``, ``f = (sqrt(1 - β_i) - 1) x``."""
+        """DDPM discretisation: ``β_i = (β_min + i (β_max - β_min) / (N - 1)) / N``, ``f = (sqrt(1 - β_i) - 1) x``.
+
+        The level is ``i = floor(t (N - 1) / T)`` as in the reference code; ``N`` must exceed ``β_max`` so that
+        every ``β_i < 1``.
+        """
         N = check_int("N", N, min=2)
-        i = (t * (N - 1) / self.T).round()
+        if N <= self.beta_max:
+            raise ValueError(f"N must exceed beta_max={self.beta_max} so that every β_i < 1, got {N}")
+        i = (t * (N - 1) / self.T).floor()
         beta = (self.beta_min + i * (self.beta_max - self.beta_min) / (N - 1)) / N
         return append_dims((1.0 - beta).sqrt() - 1.0, x.ndim) * x, beta.sqrt()
 
@@ -232,9 +238,12 @@ class VESDE(SDE):
         return self.sigma_max
 
     def discretize(self, x: torch.Tensor, t: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """SMLD discretisation over ``σ_i = σ_min (σ_max / σ_min)^{i / (N - 1)}``: ``f = 0``, ``G = sqrt(σ_i² - σ_{i-1}²)``."""
+        """SMLD discretisation over ``σ_i = σ_min (σ_max / σ_min)^{i / (N - 1)}``: ``f = 0``, ``G = sqrt(σ_i² - σ_{i-1}²)``.
+
+        The level is ``i = floor(t (N - 1) / T)`` as in the reference code.
+        """
         N = check_int("N", N, min=2)
-        i = (t * (N - 1) / self.T).round()
+        i = (t * (N - 1) / self.T).floor()
         sigma = self.sigma(i / (N - 1))
         prev = torch.where(i > 0, self.sigma((i - 1).clamp(min=0) / (N - 1)), torch.zeros_like(sigma))
         return torch.zeros_like(x), (sigma.square() - prev.square()).sqrt()
