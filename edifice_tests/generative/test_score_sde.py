@@ -249,7 +249,7 @@ def test_langevin_corrector_step_uses_batch_norms_and_alpha():
           1e-12)
     # VP without alpha: Song's α_i = 1 - β_i of the N-level DDPM discretisation
     sde, N = make_sde("vp"), 1000
-    beta = (sde.beta_min + round(0.5 * (N - 1)) * (sde.beta_max - sde.beta_min) / (N - 1)) / N
+    beta = (sde.beta_min + math.floor(0.5 * (N - 1)) * (sde.beta_max - sde.beta_min) / (N - 1)) / N
     close(S.langevin_corrector_step(sde, x, 0.5, s, z, snr=0.16, N=N),
           S.langevin_corrector_step(sde, x, 0.5, s, z, snr=0.16, alpha=1 - beta), 1e-12)
 
