@@ -112,7 +112,7 @@ def test_nonfinite_loss_raises_naming_the_step(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(family="gan"), ValueError, "unknown family 'gan'; valid families: ddpm, flow_matching"),
+        (dict(family="gan"), ValueError, "unknown family 'gan'; valid families: ddpm, edm, flow_matching, ncsn, score_sde"),
         (dict(data="nope"), ValueError, "unknown dataset 'nope'"),
         (dict(steps=0), ValueError, "steps must be a positive int, got 0"),
         (dict(lr=-1.0), ValueError, "lr must be in"),
@@ -155,8 +155,11 @@ def test_recipes_table():
     assert not get_recipe("ddpm").has_likelihood
     assert get_recipe("ddpm").check_sampler(None, None) == ("ddpm", None)
     assert get_recipe("ddpm").check_sampler("ddim", None) == ("ddim", 50)
-    with pytest.raises(ValueError, match="sampler must be one of 'ddpm', 'ddim'; got 'euler'"):
-        get_recipe("ddpm").check_sampler("euler", None)
+    with pytest.raises(ValueError, match="sampler must be one of 'ddpm', 'ddim', .*; got 'pc'"):
+        get_recipe("ddpm").check_sampler("pc", None)
+    assert get_recipe("score_sde").has_likelihood and get_recipe("edm").has_likelihood
+    assert not get_recipe("ncsn").has_likelihood
+    assert get_recipe("score_sde").check_sampler(None, None) == ("pc", 500)
     digits = data.load("digits")
     opts = fm.resolve(digits, {"base_channels": 8})
     assert opts["build"]["num_classes"] == 10 and opts["settings"]["conditional"] is True
