@@ -119,7 +119,7 @@ CONTINUOUS = {
                                                      generator=g),
                      None),
     "edm": (edm, {"sigma_data": 1.0}, "8gaussians",
-            lambda net, g: edm.sample(net, (N_EVAL, 2), steps=18, sampler="heun", generator=g),
+            lambda net, g: edm.sample(net, (N_EVAL, 2), steps=40, sampler="heun", generator=g),
             lambda net, x: edm.log_prob(net, x, steps=20, method="rk4")),
     "ncsn": (ncsn, {"sigma_max": 5.0, "num_scales": 10}, "moons",
              lambda net, g: ncsn.sample(net, (N_EVAL, 2), steps_per_level=50, generator=g),
