@@ -108,3 +108,14 @@ def test_bad_arguments_exit_2_and_write_nothing(argv, needle, tmp_path, capsys):
     assert code == 2
     assert needle in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_image_run_reports_bits_per_dim(tmp_path, capsys):
+    out = tmp_path / "digits"
+    code = _run("train", "score_sde", "--data", "digits", "--steps", 3, "--out", out, "--batch-size", 8,
+                "--option", "base_channels=8", "--option", "channel_mults=[1]", "--eval-n", 8, "--eval-steps", 2,
+                "--no-progress")
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # dequantised 8-bit pixels: a finite upper bound on the bits, positive for any model
+    assert metrics["bpd"] is not None and metrics["bpd"] > 0 and metrics["nll_n"] == 64
