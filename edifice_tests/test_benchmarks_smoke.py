@@ -144,7 +144,7 @@ def test_sampler_quality(results):
     _positive(res["prior_w2"], "prior_w2")
     budgets = res["settings"]["budgets"]
     rows = res["rows"]
-    assert {r["part"] for r in rows} == {"exact", "trained"} and len(rows) == 24
+    assert {r["part"] for r in rows} == {"exact", "trained"} and len(rows) == 28
     for r in rows:
         assert [c["budget"] for c in r["cells"]] == budgets
         for c in r["cells"]:
