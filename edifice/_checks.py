@@ -208,3 +208,12 @@ def randint(
     check_generator(generator)
     out = torch.randint(low, high, tuple(shape), generator=generator, device=_gen_device(generator, device))
     return out.to(device) if device is not None else out
+
+
+def check_ordered(lo_name: str, lo: Any, hi_name: str, hi: Any) -> tuple[float, float]:
+    """Two positive floats with ``lo < hi`` (e.g. ``sigma_min < sigma_max``); ValueError naming both otherwise."""
+    lo = check_float(lo_name, lo, min=0.0, min_open=True)
+    hi = check_float(hi_name, hi, min=0.0, min_open=True)
+    if lo >= hi:
+        raise ValueError(f"{lo_name} must be < {hi_name}, got {lo_name}={lo}, {hi_name}={hi}")
+    return lo, hi

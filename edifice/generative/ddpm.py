@@ -49,6 +49,7 @@ from edifice._checks import (
     randn,
 )
 from edifice.blocks import backbone
+from edifice.generative._common import coefficient, hi_dtype
 from edifice.generative._common import initial_noise as _start
 from edifice.schedules import NoiseSchedule, make_schedule
 
@@ -111,9 +112,7 @@ def _schedule(schedule: Any) -> NoiseSchedule:
     return schedule
 
 
-def _hi(device: torch.device) -> torch.dtype:
-    """Dtype for schedule coefficients on ``device``: float64 wherever the backend has it."""
-    return torch.float32 if device.type == "mps" else torch.float64
+_hi = hi_dtype
 
 
 def _c(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -132,18 +131,8 @@ def _x0_eps(out: torch.Tensor, x_t: torch.Tensor, ab: torch.Tensor, target: str)
 
 
 def _alpha_bar_arg(name: str, value: Any, x: torch.Tensor) -> torch.Tensor:
-    """A python float in (0, 1], a 0-dim or a ``(B,)`` floating tensor -> tensor on ``x.device``.
-
-    Tensors are not range-checked (that would need a host sync inside sampling loops).
-    """
-    if isinstance(value, torch.Tensor):
-        check_tensor(name, value, floating=True)
-        if value.ndim not in (0, 1) or (value.ndim == 1 and value.shape[0] != x.shape[0]):
-            raise ValueError(f"{name} must be a number, a 0-dim tensor or have shape ({x.shape[0]},), "
-                             f"got {tuple(value.shape)}")
-        return value.to(x.device)
-    value = check_float(name, value, min=0.0, max=1.0, min_open=True)
-    return torch.tensor(value, dtype=_hi(x.device), device=x.device)
+    """A python float in (0, 1], a 0-dim or a ``(B,)`` floating tensor -> tensor on ``x.device``."""
+    return coefficient(name, value, x, min=0.0, max=1.0, min_open=True)
 
 
 def _steps_arg(t: Any, x: torch.Tensor, T: int, name: str = "t", low: int = 0) -> torch.Tensor:

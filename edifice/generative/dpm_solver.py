@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from edifice._checks import append_dims, check_choice, check_cond, check_float, check_int, check_tensor
+from edifice.generative._common import coefficient
 from edifice.generative.ddpm import TARGETS, _hi, _schedule, _start
 from edifice.schedules import SDE, VPSDE, NoiseSchedule
 
@@ -300,13 +301,7 @@ def _singlestep(fn: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor
 
 def _coef(name: str, value: Any, x: torch.Tensor, zero_ok: bool = False) -> torch.Tensor:
     """A float > 0 (or >= 0 if ``zero_ok``), a 0-dim or a ``(B,)`` floating tensor (not range-checked) -> tensor."""
-    if isinstance(value, torch.Tensor):
-        check_tensor(name, value, floating=True)
-        if value.ndim not in (0, 1) or (value.ndim == 1 and value.shape[0] != x.shape[0]):
-            raise ValueError(f"{name} must be a number, a 0-dim tensor or have shape ({x.shape[0]},), "
-                             f"got {tuple(value.shape)}")
-        return value.to(x.device)
-    return torch.tensor(check_float(name, value, min=0.0, min_open=not zero_ok), dtype=_hi(x.device), device=x.device)
+    return coefficient(name, value, x, min=0.0, min_open=not zero_ok)
 
 
 def _like_x(x: torch.Tensor, **named: Any) -> list[torch.Tensor]:

@@ -51,7 +51,7 @@ from edifice._checks import (
     check_tensor, randint, randn,
 )
 from edifice.blocks import backbone
-from edifice.generative._common import initial_noise
+from edifice.generative._common import call_net, initial_noise
 from edifice.integrators.sde import langevin_step
 from edifice.schedules import check_sigma_range, geometric_sigmas
 
@@ -260,11 +260,7 @@ def step_sizes(ladder: Sequence[float] | torch.Tensor, step_lr: float) -> torch.
 
 
 def _score(net: Callable[..., torch.Tensor], x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
-    s = net(x, sigma, **cond)
-    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
-        got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-        raise ValueError(f"net must return a score shaped like x {tuple(x.shape)}, got {got}")
-    return s
+    return call_net(net, x, sigma, cond, "a score")
 
 
 def loss(

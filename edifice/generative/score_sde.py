@@ -59,7 +59,7 @@ from edifice._checks import (
     rand, randn,
 )
 from edifice.blocks import backbone as _backbone
-from edifice.generative._common import initial_noise
+from edifice.generative._common import call_net, initial_noise
 from edifice.integrators import DIVERGENCES, METHODS, auto_divergence, cnf_log_prob, odeint
 from edifice.integrators.sde import langevin_step, langevin_step_size
 from edifice.schedules import SDE, VESDE, VPSDE, SubVPSDE, make_sde
@@ -190,11 +190,7 @@ def _check_batch(name: str, x: Any) -> torch.Tensor:
 
 
 def _score(net: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-    s = net(x, t, **cond)
-    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
-        got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-        raise ValueError(f"net must return a score of shape {tuple(x.shape)}, got {got}")
-    return s
+    return call_net(net, x, t, cond, "a score")
 
 
 def loss(

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from edifice._checks import append_dims, batch_time, check_choice, check_float, check_int, randn
+from edifice._checks import append_dims, batch_time, check_choice, check_int, check_ordered, randn
 
 __all__ = ["SDE", "VPSDE", "VESDE", "SubVPSDE", "SDES", "make_sde"]
 
@@ -122,14 +122,6 @@ class SDE:
         return t
 
 
-def _beta_range(beta_min: Any, beta_max: Any) -> tuple[float, float]:
-    beta_min = check_float("beta_min", beta_min, min=0.0, min_open=True)
-    beta_max = check_float("beta_max", beta_max, min=0.0, min_open=True)
-    if beta_min >= beta_max:
-        raise ValueError(f"beta_min must be < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
-    return beta_min, beta_max
-
-
 @dataclass(frozen=True)
 class VPSDE(SDE):
     """Variance-preserving SDE, the continuous limit of DDPM with linear betas (``N = 1000``: 1e-4 to 0.02).
@@ -143,7 +135,7 @@ class VPSDE(SDE):
     name = "vp"
 
     def __post_init__(self) -> None:
-        _beta_range(self.beta_min, self.beta_max)
+        check_ordered("beta_min", self.beta_min, "beta_max", self.beta_max)
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         """``β(t) = β_min + t (β_max - β_min)``, ``(B,)``."""
@@ -213,10 +205,7 @@ class VESDE(SDE):
     name = "ve"
 
     def __post_init__(self) -> None:
-        smin = check_float("sigma_min", self.sigma_min, min=0.0, min_open=True)
-        smax = check_float("sigma_max", self.sigma_max, min=0.0, min_open=True)
-        if smin >= smax:
-            raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={smin}, sigma_max={smax}")
+        check_ordered("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         """``σ(t) = σ_min (σ_max / σ_min)^t``, ``(B,)``."""

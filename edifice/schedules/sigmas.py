@@ -28,18 +28,14 @@ from typing import Any
 
 import torch
 
-from edifice._checks import check_float, check_int
+from edifice._checks import check_float, check_int, check_ordered
 
 __all__ = ["karras_sigmas", "geometric_sigmas", "check_sigma_range"]
 
 
 def check_sigma_range(sigma_min: Any, sigma_max: Any) -> tuple[float, float]:
     """Validate ``0 < sigma_min < sigma_max``; return them as floats."""
-    sigma_min = check_float("sigma_min", sigma_min, min=0.0, min_open=True)
-    sigma_max = check_float("sigma_max", sigma_max, min=0.0, min_open=True)
-    if sigma_min >= sigma_max:
-        raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-    return sigma_min, sigma_max
+    return check_ordered("sigma_min", sigma_min, "sigma_max", sigma_max)
 
 
 def karras_sigmas(

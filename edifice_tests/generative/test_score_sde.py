@@ -382,7 +382,7 @@ def _call(fn, **kw):
     ("sample", dict(cond=[1]), TypeError, "cond must be a mapping"),
     ("sample", dict(generator=0), TypeError, "generator must be a torch.Generator"),
     ("sample", dict(callback=1), TypeError, "callback must be callable"),
-    ("sample", dict(net=lambda x, t: x[:, :1], sde="vp"), ValueError, r"net must return a score of shape \(2, 2\)"),
+    ("sample", dict(net=lambda x, t: x[:, :1], sde="vp"), ValueError, r"net must return a score shaped like x \(2, 2\)"),
     ("sample", dict(net=3, sde="vp"), TypeError, "net must be callable"),
     ("loss", dict(weighting="snr"), ValueError, "weighting must be one of"),
     ("loss", dict(eps=1.5), ValueError, "eps must be in"),
