@@ -26,6 +26,8 @@ from typing import Any
 import common
 import torch
 
+from edifice.train import RECIPES
+
 NAME = "score_nll"
 FLOORS = {"moons": 2.394, "8gaussians": 2.834, "checkerboard": math.log(32)}
 FAMILIES = ("score_sde", "edm", "flow_matching")
@@ -43,8 +45,8 @@ def _settings(quick: bool) -> dict[str, Any]:
 
 
 # The recipes' NLL solvers (edifice.train.recipes): what `edifice train` / `edifice evaluate` report.
-DEFAULT_SOLVER = {"score_sde": dict(method="heun", steps=50), "edm": dict(method="heun", steps=50),
-                  "flow_matching": dict(method="midpoint", steps=20)}
+DEFAULT_SOLVER = {name: dict(method=RECIPES[name].settings["nll_method"], steps=RECIPES[name].settings["nll_steps"])
+                  for name in ("score_sde", "edm", "flow_matching")}
 EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 
 
