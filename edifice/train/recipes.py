@@ -66,6 +66,8 @@ class Recipe:
         default_sampler: the sampler used when none is named.
         settings: non-build options with their defaults (validated by ``check_settings``).
         point_defaults / image_defaults: defaults (build options or settings) for vector / image data.
+        data_defaults(data) -> dict: defaults measured on the data (e.g. EDM's ``sigma_data``, the data's
+            standard deviation); they override the fixed defaults, and the user's options override them.
         loss_fn(recipe, nets, x, cond, settings, generator) -> (loss, logs).
         sample_fn(recipe, nets, shape, cond, settings, sampler, steps, generator, device) -> x.
         log_prob_fn(recipe, nets, x, cond, settings, generator) -> (B,) nats, or None.
@@ -84,6 +86,7 @@ class Recipe:
     sample_fn: Callable[..., torch.Tensor]
     log_prob_fn: Callable[..., torch.Tensor] | None = None
     check_settings: Callable[[dict], None] = field(default=lambda s: None)
+    data_defaults: Callable[[Any], dict[str, Any]] | None = None
 
     # -- options -------------------------------------------------------------------------------
 
@@ -109,6 +112,8 @@ class Recipe:
         user = dict(user_options or {})
         build_keys = self.build_keys()
         defaults = self.image_defaults if data.kind == "images" else self.point_defaults
+        if self.data_defaults is not None:
+            defaults = {**defaults, **self.data_defaults(data)}
         build = {k: v for k, v in defaults.items() if k in build_keys}
         settings = dict(self.settings)
         settings.update({k: v for k, v in defaults.items() if k in self.settings})
@@ -353,6 +358,13 @@ def _edm_check(s: dict) -> None:
     _nll_check(s)
 
 
+def _edm_data_defaults(data) -> dict[str, Any]:
+    """``sigma_data``: the standard deviation of the data in model space (Karras et al., Sec. 5: 0.5 for images
+    in [-1, 1]); measured on a fixed batch so that a run's options do not depend on its seed."""
+    x, _ = data.train_batch(4096, generator=torch.Generator().manual_seed(0))
+    return {"sigma_data": round(float(x.double().std()), 4)}
+
+
 def _edm_loss(recipe, net, x, cond, s, generator):
     return recipe.family().loss(net, x, p_mean=s["p_mean"], p_std=s["p_std"], generator=generator, cond=cond)
 
@@ -449,6 +461,7 @@ RECIPES: dict[str, Recipe] = {
         sample_fn=_edm_sample,
         log_prob_fn=_edm_log_prob,
         check_settings=_edm_check,
+        data_defaults=_edm_data_defaults,
     ),
     "ncsn": Recipe(
         name="ncsn",

@@ -179,3 +179,13 @@ def test_cosine_learning_rate_schedule():
     assert lr_at(1e-3, "cosine", 9, 10) < 3e-5
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         fit("flow_matching", "moons", steps=2, lr_schedule="step", progress=False, plots=False)
+
+
+def test_edm_sigma_data_is_measured_on_the_data():
+    recipe = get_recipe("edm")
+    for name in ("moons", "8gaussians"):
+        src = data.load(name)
+        x, _ = src.train_batch(4096, generator=torch.Generator().manual_seed(0))
+        assert recipe.resolve(src)["build"]["sigma_data"] == pytest.approx(float(x.double().std()), abs=1e-4)
+    assert recipe.resolve(data.load("8gaussians"))["build"]["sigma_data"] > 1.5  # not the image default 0.5
+    assert recipe.resolve(data.load("moons"), {"sigma_data": 0.3})["build"]["sigma_data"] == 0.3  # the user wins
