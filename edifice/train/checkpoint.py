@@ -200,8 +200,9 @@ def load_module_tensors(prefix: str, nets: Any, tensors: Mapping[str, torch.Tens
         module.load_state_dict(state, strict=True)
 
 
-def flatten_optimizer_state(state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimiser ``state_dict`` into tensors (``optim/state/<i>/<key>``) and JSON.
+def flatten_optimizer_state(state_dict: Mapping[str, Any], *,
+                            prefix: str = "optim") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser ``state_dict`` into tensors (``<prefix>/state/<i>/<key>``) and JSON.
 
     Returns:
         ``(tensors, json_part)`` where ``json_part`` holds ``param_groups`` and any non-tensor state.
@@ -211,20 +212,22 @@ def flatten_optimizer_state(state_dict: Mapping[str, Any]) -> tuple[dict[str, to
     for index, state in state_dict["state"].items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optim/state/{index}/{key}"] = value
+                tensors[f"{prefix}/state/{index}/{key}"] = value
             else:
                 scalars.setdefault(str(index), {})[key] = value
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state_dict["param_groups"]]
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def unflatten_optimizer_state(tensors: Mapping[str, torch.Tensor], json_part: Mapping[str, Any]) -> dict[str, Any]:
+def unflatten_optimizer_state(tensors: Mapping[str, torch.Tensor], json_part: Mapping[str, Any], *,
+                              prefix: str = "optim") -> dict[str, Any]:
     """Inverse of :func:`flatten_optimizer_state`; the result feeds ``optimizer.load_state_dict``."""
     state: dict[int, dict[str, Any]] = {}
+    head = f"{prefix}/state/"
     for name, value in tensors.items():
-        if not name.startswith("optim/state/"):
+        if not name.startswith(head):
             continue
-        index, key = name[len("optim/state/"):].split("/", 1)
+        index, key = name[len(head):].split("/", 1)
         state.setdefault(int(index), {})[key] = value
     for index, extra in json_part.get("scalars", {}).items():
         state.setdefault(int(index), {}).update(extra)

@@ -248,11 +248,24 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
     for m in modules.values():
         m.to(device).eval()
 
+    phases = recipe.train_phases()
+    for ph in phases:
+        unknown = [m for m in ph.modules if m not in modules]
+        if unknown:
+            raise ValueError(f"phase {ph.name!r} of {recipe.name!r} names modules {unknown} that the nets lack "
+                             f"({', '.join(modules)})")
+    settings = options["settings"]
+    repeats = [check_int(f"repeats of phase {ph.name!r}", ph.repeats(settings), min=1) for ph in phases]
+
     # Dry run on a tiny batch (eval mode: no state changes): bad settings fail before anything is written.
+    # Gradients stay enabled (a gradient penalty differentiates inside the loss) but nothing is stepped.
     x, y = data.train_batch(2, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        recipe.loss(nets, x.to(device), None if y is None else y.to(device), options=options, generator=_gen(device, 0))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for ph in phases:
+            recipe.loss(nets, x.to(device), None if y is None else y.to(device), options=options,
+                        generator=_gen(device, 0), phase=ph)
     for m in modules.values():
+        m.zero_grad(set_to_none=True)
         m.train()
 
     start = 0
@@ -262,16 +275,27 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
         _check_same_run(saved, config, run_dir)
         start = int(saved["step"])
 
-    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    opt = torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"], fused=fused or None)
+    # One optimiser per phase, over the parameters of its modules (all modules when it names none).
+    phase_params, opts = [], []
+    for ph in phases:
+        names = ph.modules or tuple(modules)
+        params = [p for n in names for p in modules[n].parameters() if p.requires_grad]
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        kw = dict(ph.optim(settings, train["lr"]))
+        opts.append(torch.optim.AdamW(params, weight_decay=train["weight_decay"], fused=fused or None, **kw))
+        phase_params.append(params)
+    base_lrs = [o.param_groups[0]["lr"] for o in opts]
+    single = len(phases) == 1
     emas = {name: EMA(m, decay=train["ema_decay"]) for name, m in modules.items()}
     if saved is not None:
         ckpt.load_module_tensors("model", modules, tensors)
         for name, e in emas.items():
             ckpt.load_module_tensors("ema", {name: e.module}, tensors)
             e.num_updates = int(saved["ema"][name]["num_updates"])
-        opt.load_state_dict(ckpt.unflatten_optimizer_state(tensors, saved["optim"]))
+        for ph, opt in zip(phases, opts):
+            prefix = "optim" if single else f"optim/{ph.name}"
+            meta = saved["optim"] if single else saved["optim"][ph.name]
+            opt.load_state_dict(ckpt.unflatten_optimizer_state(tensors, meta, prefix=prefix))
         if saved["train"].get("world_size") != info.world_size and info.is_main:
             print(f"warning: resuming a run trained with world size {saved['train'].get('world_size')} on "
                   f"{info.world_size} processes; the data stream differs from an uninterrupted run")
@@ -287,17 +311,21 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
             return
         tensors = ckpt.module_tensors("model", modules)
         tensors.update(ckpt.module_tensors("ema", {n: e.module for n, e in emas.items()}))
-        optim_tensors, optim_json = ckpt.flatten_optimizer_state(opt.state_dict())
-        tensors.update(optim_tensors)
-        meta = dict(config, step=step, optim=optim_json,
+        optim_json = {}
+        for ph, opt in zip(phases, opts):
+            prefix = "optim" if single else f"optim/{ph.name}"
+            optim_tensors, optim_json[ph.name] = ckpt.flatten_optimizer_state(opt.state_dict(), prefix=prefix)
+            tensors.update(optim_tensors)
+        meta = dict(config, step=step, optim=optim_json[phases[0].name] if single else optim_json,
                     ema={n: {"num_updates": e.num_updates} for n, e in emas.items()})
         ckpt.save_checkpoint(run_dir, tensors, meta)
 
     train_nets = D.wrap(nets, info)
     per_rank = train["batch_size"] // info.world_size
     history: list[dict] = []
-    pending: list[torch.Tensor] = []
+    pending: list[torch.Tensor] = []  # the first phase's loss per step ("loss" in the log)
     pending_norm: list[torch.Tensor] = []
+    pending_logs: dict[str, list[torch.Tensor]] = {}
     bar = None
     if progress and info.is_main and start < steps:
         from tqdm.auto import tqdm
@@ -307,29 +335,49 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
                    mininterval=0.5, disable=None)
     t_loop = time.perf_counter()
     rng_devices = [device] if device.type == "cuda" else []
+    seed = train["seed"]
     try:
         with torch.random.fork_rng(devices=rng_devices):
             for step in range(start, steps):
-                _seed_global_rng(step_seed(train["seed"], step, info.rank, 2), device)  # e.g. dropout
-                g_data = torch.Generator().manual_seed(step_seed(train["seed"], step, info.rank, 0))
-                x, y = data.train_batch(per_rank, generator=g_data)
-                x = x.to(device, non_blocking=True)
-                y = None if y is None else y.to(device, non_blocking=True)
-                loss, _ = recipe.loss(train_nets, x, y, options=options,
-                                      generator=_gen(device, step_seed(train["seed"], step, info.rank, 1)))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if train["grad_clip"] is not None:
-                    pending_norm.append(torch.nn.utils.clip_grad_norm_(params, train["grad_clip"]).detach())
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(train["lr"], train.get("lr_schedule", "constant"), step, steps)
-                opt.step()
+                _seed_global_rng(step_seed(seed, step, info.rank, 2), device)  # e.g. dropout
+                for k, (ph, opt, params, reps) in enumerate(zip(phases, opts, phase_params, repeats)):
+                    for r in range(reps):
+                        # Streams 0 (data) and 1 (loss) for the first pass; other passes get their own.
+                        sub = "" if k == 0 and r == 0 else f":{ph.name}:{r}"
+                        g_data = torch.Generator().manual_seed(step_seed(seed, step, info.rank, f"0{sub}"))
+                        x, y = data.train_batch(per_rank, generator=g_data)
+                        x = x.to(device, non_blocking=True)
+                        y = None if y is None else y.to(device, non_blocking=True)
+                        loss, logs = recipe.loss(train_nets, x, y, options=options, phase=ph,
+                                                 generator=_gen(device, step_seed(seed, step, info.rank, f"1{sub}")))
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if train["grad_clip"] is not None and k == 0:
+                            pending_norm.append(torch.nn.utils.clip_grad_norm_(params, train["grad_clip"]).detach())
+                        elif train["grad_clip"] is not None:
+                            torch.nn.utils.clip_grad_norm_(params, train["grad_clip"])
+                        for group in opt.param_groups:
+                            group["lr"] = lr_at(base_lrs[k], train.get("lr_schedule", "constant"), step, steps)
+                        opt.step()
+                        if ph.after is not None:
+                            ph.after(nets, settings)
+                        if r == reps - 1:  # log the last pass of each phase
+                            if k == 0:
+                                pending.append(loss.detach())
+                            else:
+                                pending_logs.setdefault(f"loss_{ph.name}", []).append(loss.detach())
+                            for key, v in logs.items():
+                                if key != "loss" and isinstance(v, torch.Tensor) and v.numel() == 1:
+                                    name = key if single else f"{ph.name}/{key}"
+                                    pending_logs.setdefault(name, []).append(v.detach().float().reshape(()))
                 for name, e in emas.items():
                     e.update(modules[name])
-                pending.append(loss.detach())
                 done = step + 1
                 if done % log_every == 0 or done == steps or done % ckpt_every == 0:
                     entry = _flush(pending, pending_norm, done, info, t_loop, start)
+                    if not single:
+                        entry[f"loss_{phases[0].name}"] = entry["loss"]
+                    entry.update(_flush_logs(pending_logs, info))
                     entry["ema_decay"] = round(next(iter(emas.values())).current_decay(), 6) if emas else None
                     history.append(entry)
                     if info.is_main and run_dir is not None:
@@ -390,6 +438,16 @@ def _flush(pending, pending_norm, done, info, t_loop, start) -> dict:
     pending.clear()
     pending_norm.clear()
     return entry
+
+
+def _flush_logs(pending_logs: dict[str, list[torch.Tensor]], info) -> dict[str, float | None]:
+    """Means of the family's logged numbers since the last log line (over steps and ranks)."""
+    out: dict[str, float | None] = {}
+    for key in sorted(pending_logs):
+        v = float(D.all_reduce_mean(torch.stack(pending_logs[key]).float(), info).mean())
+        out[key] = v if math.isfinite(v) else None
+    pending_logs.clear()
+    return out
 
 
 def _plot_loss(run_dir: Path, family: str, data_name: str) -> None:

@@ -32,7 +32,7 @@ import torch
 
 from .._checks import check_choice, check_float, check_int, rand
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "to_tuples"]
+__all__ = ["Recipe", "Phase", "RECIPES", "get_recipe", "to_tuples"]
 
 _FROM_DATA = ("data_shape", "num_classes")
 
@@ -55,6 +55,33 @@ def _jsonable(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class Phase:
+    """One optimiser's share of a training step (families with several networks, e.g. GANs).
+
+    A training step runs the recipe's phases in order; phase ``p`` repeats ``repeats(settings)``
+    times (WGAN's ``n_critic``), each time on a fresh batch, with its own optimiser over the
+    modules it names.
+
+    Attributes:
+        name: the phase name (logs: ``loss_<name>``; checkpoint: ``optim/<name>/...``).
+        modules: the fields of the nets NamedTuple whose parameters this phase's optimiser updates.
+        loss_fn(recipe, nets, x, cond, settings, generator) -> (loss, logs).
+        repeats(settings) -> int: optimiser steps of this phase per training step.
+        optim(settings, lr) -> dict: keyword arguments of AdamW (``lr``, ``betas``) for this phase,
+            from the run's ``lr`` (separate learning rates, Heusel et al.'s TTUR).
+        after(nets, settings) -> None: called after each optimiser step of the phase (e.g. WGAN's
+            weight clipping), or None.
+    """
+
+    name: str
+    modules: tuple[str, ...]
+    loss_fn: Callable[..., tuple[torch.Tensor, dict]]
+    repeats: Callable[[Mapping[str, Any]], int] = field(default=lambda s: 1)
+    optim: Callable[[Mapping[str, Any], float], dict] = field(default=lambda s, lr: {"lr": lr})
+    after: Callable[[Any, Mapping[str, Any]], None] | None = None
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How one family is trained and sampled.
 
@@ -72,6 +99,15 @@ class Recipe:
         sample_fn(recipe, nets, shape, cond, settings, sampler, steps, generator, device) -> x.
         log_prob_fn(recipe, nets, x, cond, settings, generator) -> (B,) nats, or None.
         check_settings(settings) -> None: raises ValueError / TypeError on a bad setting.
+        data_defaults(data) -> dict: see above.
+        phases: optimiser phases of a training step (None: one AdamW over every module minimising
+            ``loss_fn``); see :class:`Phase`.
+        variants: ``{name: options}``, named presets chosen with the ``variant`` option (the CLI's
+            ``--variant``); the user's other options override them.
+        eval_fn(recipe, nets, x_test, y_test, options, generator) -> dict: family metrics for
+            :func:`edifice.train.evaluate` (e.g. the VAE's ELBO, VQ-VAE's perplexity), or None.
+        likelihood_kind(settings) -> "density" | "pmf": whether ``log_prob`` is a density in model space
+            (images are dequantised before it is evaluated) or a probability mass over 256-level pixels.
     """
 
     name: str
@@ -87,6 +123,10 @@ class Recipe:
     log_prob_fn: Callable[..., torch.Tensor] | None = None
     check_settings: Callable[[dict], None] = field(default=lambda s: None)
     data_defaults: Callable[[Any], dict[str, Any]] | None = None
+    phases: tuple[Phase, ...] | None = None
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    eval_fn: Callable[..., dict[str, Any]] | None = None
+    likelihood_kind: Callable[[Mapping[str, Any]], str] = field(default=lambda s: "density")
 
     # -- options -------------------------------------------------------------------------------
 
@@ -110,10 +150,16 @@ class Recipe:
                 ``conditional=True`` on unlabelled data, or an invalid value.
         """
         user = dict(user_options or {})
+        variant = user.pop("variant", None)
         build_keys = self.build_keys()
         defaults = self.image_defaults if data.kind == "images" else self.point_defaults
         if self.data_defaults is not None:
             defaults = {**defaults, **self.data_defaults(data)}
+        if variant is not None:
+            if not self.variants:
+                raise ValueError(f"family {self.name!r} has no variants, got variant={variant!r}")
+            check_choice("variant", variant, tuple(self.variants))
+            defaults = {**defaults, **self.variants[variant]}
         build = {k: v for k, v in defaults.items() if k in build_keys}
         settings = dict(self.settings)
         settings.update({k: v for k, v in defaults.items() if k in self.settings})
@@ -139,7 +185,10 @@ class Recipe:
         self.check_settings(settings)
         build["data_shape"] = list(data.data_shape)
         build["num_classes"] = data.num_classes if conditional else None
-        return {"build": _jsonable(build), "settings": _jsonable(settings)}
+        out = {"build": _jsonable(build), "settings": _jsonable(settings)}
+        if variant is not None:
+            out["variant"] = variant
+        return out
 
     def build(self, options: Mapping[str, Any]) -> Any:
         """Build the networks from resolved ``options`` (as saved in a checkpoint)."""
@@ -163,20 +212,35 @@ class Recipe:
             raise ValueError(f"label={label} was given but the model is unconditional (trained without labels)")
         check_int("label", label, min=0, max=num_classes - 1)
 
-    def loss(self, nets: Any, x: torch.Tensor, y: torch.Tensor | None, *, options: Mapping[str, Any],
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training loss on a batch ``x`` ``(B, *data_shape)`` with labels ``y`` ``(B,)`` or None."""
+    def train_phases(self) -> tuple[Phase, ...]:
+        """The optimiser phases of one training step (one phase over every module by default)."""
+        if self.phases is not None:
+            return self.phases
+        return (Phase(name="model", modules=(), loss_fn=self.loss_fn),)
+
+    def _cond(self, y: torch.Tensor | None, options: Mapping[str, Any],
+              generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         settings = options["settings"]
-        cond = {}
-        if settings["conditional"]:
-            if y is None:
-                raise ValueError("the model is conditional but the batch has no labels")
-            p = settings["label_dropout"]
-            if p > 0:  # classifier-free guidance training: some labels become the null label
-                drop = rand((y.shape[0],), generator=generator, device=y.device) < p
-                y = torch.where(drop, torch.full_like(y, options["build"]["num_classes"]), y)
-            cond = {"y": y}
-        return self.loss_fn(self, nets, x, cond, settings, generator)
+        if not settings["conditional"]:
+            return {}
+        if y is None:
+            raise ValueError("the model is conditional but the batch has no labels")
+        p = settings["label_dropout"]
+        if p > 0:  # classifier-free guidance training: some labels become the null label
+            drop = rand((y.shape[0],), generator=generator, device=y.device) < p
+            y = torch.where(drop, torch.full_like(y, options["build"]["num_classes"]), y)
+        return {"y": y}
+
+    def loss(self, nets: Any, x: torch.Tensor, y: torch.Tensor | None, *, options: Mapping[str, Any],
+             generator: torch.Generator | None = None,
+             phase: Phase | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss on a batch ``x`` ``(B, *data_shape)`` with labels ``y`` ``(B,)`` or None.
+
+        ``phase`` picks the loss of one :class:`Phase` (default: the first phase, i.e. ``loss_fn``).
+        """
+        cond = self._cond(y, options, generator)
+        fn = self.train_phases()[0].loss_fn if phase is None else phase.loss_fn
+        return fn(self, nets, x, cond, options["settings"], generator)
 
     def sample(self, nets: Any, n: int, *, options: Mapping[str, Any], sampler: str | None = None,
                steps: int | None = None, generator: torch.Generator | None = None, label: int | None = None,
