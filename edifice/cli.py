@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints (default 500)")
     t.add_argument("--sde", choices=SDE_CHOICES, default=None,
                    help="SDE of score_sde: vp, ve or subvp (the same as --option sde=...; default vp)")
+    t.add_argument("--variant", default=None,
+                   help="a named preset of the family (e.g. vae: beta_vae, iwae, cvae, hvae; gan: dcgan, wgan_gp, ...; "
+                        "see `edifice list`); --option values override it")
     t.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="family option, repeatable, e.g. --option hidden=128 --option coupling=ot")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -163,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
-    keys = [k for k in ("w2", "sliced_wasserstein", "mmd", "energy", "nll", "nll_se", "bpd") if k in metrics]
+    keys = [k for k in ("w2", "sliced_wasserstein", "mmd", "energy", "nll", "nll_se", "bpd", "elbo", "recon_mse",
+                        "perplexity", "usage", "prior_nll_per_code", "modes", "high_quality") if k in metrics]
     print(f"{metrics['family']} on {metrics['data']} (step {metrics['step']}; {metrics['sampler']} x "
           f"{metrics['steps']}; n={metrics['n']})")
     for k in keys:
@@ -179,6 +183,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for name, r in sorted(RECIPES.items()):
         samplers = ", ".join(f"{s}" + ("*" if s == r.default_sampler else "") for s in r.samplers)
         print(f"  {name:<16s} {r.summary}\n  {'':<16s} samplers: {samplers}  (* default)")
+        if r.variants:
+            print(f"  {'':<16s} variants: {', '.join(r.variants)}")
     print("data sets:")
     print("  " + ", ".join(getattr(data, "DATASETS", ())) + ", npz:PATH, folder:PATH")
     return 0
@@ -205,6 +211,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if options.get("sde", args.sde) != args.sde:
             raise _ArgError(f"--sde {args.sde} contradicts --option sde={options['sde']}")
         options["sde"] = args.sde
+    if args.variant is not None:
+        if "variant" in options and options["variant"] != args.variant:
+            raise _ArgError(f"--variant {args.variant} contradicts --option variant={options['variant']}")
+        options["variant"] = args.variant
     out = Path(args.out)
     _check_writable_dir(out, "--out")
     t0 = time.perf_counter()

@@ -1,9 +1,11 @@
 """One contract test over every registered family.
 
-Each family must: build from small options; give a finite loss whose gradient reaches every
-parameter; sample with the requested shape and dtype; give the same bits for the same seed; survive
-a ``state_dict`` round trip; and reject a bad option with a ValueError naming it. A family that is
-registered without a row here fails ``test_every_family_has_a_contract_row``.
+Each family must: build from small options (a module, or a NamedTuple of modules); give finite
+losses whose gradients together reach every parameter; sample with the requested shape and dtype;
+give the same bits for the same seed; survive a ``state_dict`` round trip; and reject a bad option
+with a ValueError naming it. A family that is registered without a row here fails
+``test_every_family_has_a_contract_row``. Families trained by several objectives (GANs) list them
+in ``OBJECTIVES``; the others are trained by their ``loss``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,39 @@ CASES = {
     ],
 }
 
+CASES.update({
+    "vae": [
+        ("vector", dict(data_shape=(2,), latent_dim=2, hidden=32, depth=2), (2,), dict(), ("latent_dim", 0)),
+        ("conv", dict(data_shape=(1, 8, 8), latent_dim=4, arch="conv", channels=(8, 16)), (1, 8, 8),
+         dict(mean=True), ("channels", ())),
+        ("cvae-ladder", dict(data_shape=(2,), latent_dim=4, hidden=32, depth=2, num_classes=3, levels=2), (2,),
+         dict(), ("levels", 3)),
+        ("bernoulli", dict(data_shape=(1, 8, 8), latent_dim=4, hidden=32, depth=1, arch="mlp",
+                           likelihood="bernoulli"), (1, 8, 8), dict(), ("likelihood", "poisson")),
+    ],
+    "vqvae": [
+        ("pixelcnn", dict(data_shape=(1, 8, 8), codebook_size=8, code_dim=4, channels=(8, 16), prior_hidden=16,
+                          prior_layers=2), (1, 8, 8), dict(), ("codebook_size", 1)),
+        ("transformer", dict(data_shape=(1, 8, 8), codebook_size=8, code_dim=4, channels=(8, 16), prior_hidden=16,
+                             prior_layers=2, prior="transformer", num_classes=3, ema=False), (1, 8, 8), dict(),
+         ("prior", "lstm")),
+    ],
+    "gan": [
+        ("mlp", dict(data_shape=(2,), hidden=32, depth=2), (2,), dict(), ("hidden", 0)),
+        ("dcgan-sn", dict(data_shape=(1, 8, 8), arch="dcgan", channels=(8, 16), latent_dim=8, spectral_norm=True),
+         (1, 8, 8), dict(), ("arch", "stylegan")),
+        ("projection", dict(data_shape=(2,), hidden=32, depth=2, num_classes=3, cond_mode="projection"), (2,),
+         dict(), ("cond_mode", "film")),
+        ("acgan", dict(data_shape=(2,), hidden=32, depth=2, num_classes=3, cond_mode="acgan"), (2,), dict(),
+         ("num_classes", 0)),
+        ("infogan", dict(data_shape=(2,), hidden=32, depth=2, info_categorical=3, info_continuous=1), (2,), dict(),
+         ("info_categorical", -1)),
+    ],
+})
+
+# Families trained by several objectives (one optimiser each); the rest are trained by `loss`.
+OBJECTIVES = {"gan": ("discriminator_objective", "generator_objective")}
+
 PARAMS = [
     pytest.param(name, *case, id=f"{name}-{case[0]}")
     for name in sorted(CASES)
@@ -83,43 +118,63 @@ def _fresh(name, opts, seed=0):
     return edifice.build(name, **opts)
 
 
-def _perturb(net):
+def _modules(nets):
+    return [nets] if isinstance(nets, torch.nn.Module) else list(nets)
+
+
+def _named_parameters(nets):
+    if isinstance(nets, torch.nn.Module):
+        return list(nets.named_parameters())
+    return [(f"{field}.{n}", p) for field, m in zip(nets._fields, nets) for n, p in m.named_parameters()]
+
+
+def _perturb(nets):
     # Zero-initialised output layers make a fresh network's output constant; perturb so the tests see signal.
     g = torch.Generator().manual_seed(123)
     with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
+        for m in _modules(nets):
+            for p in m.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=g))
+
+
+def _eval(nets):
+    for m in _modules(nets):
+        m.eval()
 
 
 @pytest.mark.parametrize("name,case,opts,shape,skw,bad", PARAMS)
 def test_loss_is_finite_and_reaches_every_parameter(name, case, opts, shape, skw, bad):
     fam = edifice.family(name)
-    net = _fresh(name, opts)
-    assert isinstance(net, torch.nn.Module)
-    _perturb(net)
+    nets = _fresh(name, opts)
+    assert all(isinstance(m, torch.nn.Module) for m in _modules(nets))
+    if not isinstance(nets, torch.nn.Module):
+        assert hasattr(nets, "_fields"), "multi-network families return a NamedTuple of modules"
+    _perturb(nets)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn((16, *shape), generator=g)
-    loss, logs = fam.loss(net, x, generator=g, cond=_cond(opts, 16, g))
-    assert loss.ndim == 0 and torch.isfinite(loss)
-    assert isinstance(logs, dict) and all(not v.requires_grad for v in logs.values())
-    loss.backward()
-    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    x = torch.randn((16, *shape), generator=g).clamp(-1, 1)
+    for objective in OBJECTIVES.get(name, ("loss",)):
+        loss, logs = getattr(fam, objective)(nets, x, generator=g, cond=_cond(opts, 16, g))
+        assert loss.ndim == 0 and torch.isfinite(loss), objective
+        assert isinstance(logs, dict) and all(not v.requires_grad for v in logs.values())
+        loss.backward()
+    missing = [n for n, p in _named_parameters(nets) if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"no finite gradient for {missing}"
+
+
+def _draw(fam, nets, shape, skw, opts, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return fam.sample(nets, (5, *shape), generator=g, cond=_cond(opts, 5, torch.Generator().manual_seed(9)),
+                          **skw)
 
 
 @pytest.mark.parametrize("name,case,opts,shape,skw,bad", PARAMS)
 def test_sample_shape_dtype_and_determinism(name, case, opts, shape, skw, bad):
     fam = edifice.family(name)
-    net = _fresh(name, opts)
-    _perturb(net)
-    net.eval()
-
-    def run(seed):
-        g = torch.Generator().manual_seed(seed)
-        return fam.sample(net, (5, *shape), generator=g, cond=_cond(opts, 5, torch.Generator().manual_seed(9)), **skw)
-
-    with torch.no_grad():
-        a, b, c = run(0), run(0), run(1)
+    nets = _fresh(name, opts)
+    _perturb(nets)
+    _eval(nets)
+    a, b, c = (_draw(fam, nets, shape, skw, opts, s) for s in (0, 0, 1))
     assert a.shape == (5, *shape) and a.dtype == torch.float32
     assert torch.isfinite(a).all()
     assert torch.equal(a, b), "same seed must give the same bits"
@@ -128,16 +183,20 @@ def test_sample_shape_dtype_and_determinism(name, case, opts, shape, skw, bad):
 
 @pytest.mark.parametrize("name,case,opts,shape,skw,bad", PARAMS)
 def test_state_dict_round_trip(name, case, opts, shape, skw, bad):
-    net = _fresh(name, opts, seed=0)
-    _perturb(net)
+    fam = edifice.family(name)
+    nets = _fresh(name, opts, seed=0)
+    _perturb(nets)
     other = _fresh(name, opts, seed=1)
-    other.load_state_dict(net.state_dict())
-    net.eval(), other.eval()
-    x = torch.randn((3, *shape), generator=torch.Generator().manual_seed(2))
-    t = torch.full((3,), 0.5)
-    cond = _cond(opts, 3, torch.Generator().manual_seed(3)) or {}
-    with torch.no_grad():
-        assert torch.equal(net(x, t, **cond), other(x, t, **cond))
+    for m, o in zip(_modules(nets), _modules(other)):
+        o.load_state_dict(m.state_dict())
+    _eval(nets), _eval(other)
+    assert torch.equal(_draw(fam, nets, shape, skw, opts, 4), _draw(fam, other, shape, skw, opts, 4))
+    if isinstance(nets, torch.nn.Module):  # denoiser-like networks: net(x, t, **cond)
+        x = torch.randn((3, *shape), generator=torch.Generator().manual_seed(2))
+        t = torch.full((3,), 0.5)
+        cond = _cond(opts, 3, torch.Generator().manual_seed(3)) or {}
+        with torch.no_grad():
+            assert torch.equal(nets(x, t, **cond), other(x, t, **cond))
 
 
 @pytest.mark.parametrize("name,case,opts,shape,skw,bad", PARAMS)

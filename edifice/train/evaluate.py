@@ -187,6 +187,17 @@ def evaluate(
     if nll and recipe.has_likelihood:
         out.update(_nll(recipe, run_dir, config, data, x_test, kind, nll_n, seed, device))
     t3 = time.perf_counter()
+    if recipe.eval_fn is not None:  # the family's own numbers (ELBO, codebook perplexity, ...)
+        dev = _device(device)
+        nets, _ = load(run_dir, device=dev)
+        y_test = data.test_set(n)[1] if kind == "points" else data.test_set()[1]
+        y_test = None if y_test is None else y_test[:n].to(dev)
+        with torch.no_grad():
+            extra = recipe.eval_fn(recipe, nets, x_test.to(dev), y_test, config["options"],
+                                   torch.Generator(device=dev).manual_seed(seed))
+        out.update({k: (_finite(v) if isinstance(v, (float, int, torch.Tensor)) and not isinstance(v, bool) else v)
+                    for k, v in extra.items()})
+        t3 = time.perf_counter()
     out["time_s"] = {"sample": info["sample_time_s"], "metrics": round(t2 - t1, 3), "nll": round(t3 - t2, 3),
                      "total": round(t3 - t0, 3)}
     if write:
@@ -213,18 +224,23 @@ def _nll(recipe, run_dir, config, data, x_test, kind, nll_n, seed, device) -> di
     probe = torch.tensor([0.0, 0.5], dtype=torch.float64)
     offset = float(data.to_unit(probe[:1])[0]) if kind == "images" else 0.0
     slope = float((data.to_unit(probe[1:]) - data.to_unit(probe[:1]))[0] / 0.5) if kind == "images" else 1.0
+    pmf = recipe.likelihood_kind(config["options"]) == "pmf"
     if kind == "images":
-        # Uniform dequantisation of 8-bit pixels (Theis et al. 2016): k/255 -> (k + u)/256, u ~ U(0, 1).
         k = (data.to_unit(x.double().cpu()) * 255).round()
-        u = torch.rand(k.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        x = (((k + u) / 256 - offset) / slope).to(device=device, dtype=x.dtype)
+        if pmf:  # a probability mass over the 256 pixel levels: evaluated on the 8-bit pixels themselves
+            x = ((k / 255 - offset) / slope).to(device=device, dtype=x.dtype)
+        else:  # uniform dequantisation of 8-bit pixels (Theis et al. 2016): k/255 -> (k + u)/256, u ~ U(0, 1)
+            u = torch.rand(k.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            x = (((k + u) / 256 - offset) / slope).to(device=device, dtype=x.dtype)
     lp = recipe.log_prob(nets, x, options=config["options"], generator=g).double().cpu()  # (B,) model space
-    # log p_unit(u) = log p_model(x) - D log|du/dx| for the affine map u = to_unit(x).
-    lp = lp - d * math.log(abs(slope))
+    if not pmf:
+        # log p_unit(u) = log p_model(x) - D log|du/dx| for the affine map u = to_unit(x).
+        lp = lp - d * math.log(abs(slope))
     if not bool(torch.isfinite(lp).all()):
         return {"nll": None, "nll_n": nll_n}
-    summary = nll_summary(lp, num_dims=d, dequant_bins=256 if kind == "images" else None)
-    out = {"nll": _finite(summary["nll"]), "nll_se": _finite(summary["nll_se"]), "nll_n": nll_n}
+    summary = nll_summary(lp, num_dims=d, dequant_bins=256 if (kind == "images" and not pmf) else None)
+    out = {"nll": _finite(summary["nll"]), "nll_se": _finite(summary["nll_se"]), "nll_n": nll_n,
+           "nll_kind": "pmf" if pmf else "density"}
     if kind == "images":
         out["bpd"] = _finite(summary["bpd"])
     return out

@@ -106,7 +106,7 @@ class Recipe:
             ``--variant``); the user's other options override them.
         eval_fn(recipe, nets, x_test, y_test, options, generator) -> dict: family metrics for
             :func:`edifice.train.evaluate` (e.g. the VAE's ELBO, VQ-VAE's perplexity), or None.
-        likelihood_kind(settings) -> "density" | "pmf": whether ``log_prob`` is a density in model space
+        likelihood_kind(options) -> "density" | "pmf": whether ``log_prob`` is a density in model space
             (images are dequantised before it is evaluated) or a probability mass over 256-level pixels.
     """
 
@@ -126,7 +126,7 @@ class Recipe:
     phases: tuple[Phase, ...] | None = None
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     eval_fn: Callable[..., dict[str, Any]] | None = None
-    likelihood_kind: Callable[[Mapping[str, Any]], str] = field(default=lambda s: "density")
+    likelihood_kind: Callable[[Mapping[str, Any]], str] = field(default=lambda options: "density")
 
     # -- options -------------------------------------------------------------------------------
 
@@ -159,7 +159,11 @@ class Recipe:
             if not self.variants:
                 raise ValueError(f"family {self.name!r} has no variants, got variant={variant!r}")
             check_choice("variant", variant, tuple(self.variants))
-            defaults = {**defaults, **self.variants[variant]}
+            preset = self.variants[variant]
+            stray = sorted(k for k in preset if k not in build_keys and k not in self.settings)
+            if stray:  # a preset naming an option the family lacks would be silently ignored
+                raise ValueError(f"variant {variant!r} of {self.name!r} sets unknown options {stray}")
+            defaults = {**defaults, **preset}
         build = {k: v for k, v in defaults.items() if k in build_keys}
         settings = dict(self.settings)
         settings.update({k: v for k, v in defaults.items() if k in self.settings})
@@ -460,7 +464,124 @@ def _ncsn_sample(recipe, net, shape, cond, s, sampler, steps, generator, device)
                                   generator=generator, cond=cond, device=device)
 
 
+# ---------------------------------------------------------------------------------------------
+# Latent-variable and adversarial families: VAE, VQ-VAE, GANs.
+
+
+def _vae_check(s: dict) -> None:
+    check_float("beta", s["beta"], min=0.0)
+    check_choice("objective", s["objective"], ("elbo", "iwae"))
+    check_int("k", s["k"], min=1)
+    check_int("nll_k", s["nll_k"], min=1)
+
+
+def _vae_loss(recipe, nets, x, cond, s, generator):
+    return recipe.family().loss(nets, x, beta=s["beta"], objective=s["objective"], k=s["k"], generator=generator,
+                                cond=cond)
+
+
+def _vae_sample(recipe, nets, shape, cond, s, sampler, steps, generator, device):
+    return recipe.family().sample(nets, shape, mean=sampler == "mean", generator=generator, cond=cond, device=device)
+
+
+def _vae_log_prob(recipe, nets, x, cond, s, generator):
+    return recipe.family().log_prob(nets, x, k=s["nll_k"], generator=generator, cond=cond)
+
+
+def _vae_likelihood_kind(options: Mapping[str, Any]) -> str:
+    return "density" if options["build"].get("likelihood", "gaussian") == "gaussian" else "pmf"
+
+
+def _label_cond(options: Mapping[str, Any], y: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    return {"y": y} if (y is not None and options["build"].get("num_classes") is not None) else {}
+
+
+def _vae_eval(recipe, nets, x, y, options, generator) -> dict[str, Any]:
+    """Test ELBO (beta = 1) in nats per example and the reconstruction error of the posterior mean."""
+    fam = recipe.family()
+    cond = _label_cond(options, y)
+    elbo = fam.elbo_per_example(nets, x, generator=generator, cond=cond)
+    rec = fam.reconstruct(nets, x, cond=cond)
+    return {"elbo": float(elbo.double().mean()), "recon_mse": float((rec.float() - x.float()).square().mean())}
+
+
+def _vq_check(s: dict) -> None:
+    check_float("beta", s["beta"], min=0.0)
+    check_float("prior_weight", s["prior_weight"], min=0.0)
+    check_float("temperature", s["temperature"], min=0.0, min_open=True)
+
+
+def _vq_loss(recipe, nets, x, cond, s, generator):
+    return recipe.family().loss(nets, x, beta=s["beta"], prior_weight=s["prior_weight"], generator=generator,
+                                cond=cond)
+
+
+def _vq_sample(recipe, nets, shape, cond, s, sampler, steps, generator, device):
+    return recipe.family().sample(nets, shape, temperature=s["temperature"], generator=generator, cond=cond,
+                                  device=device)
+
+
+def _vq_eval(recipe, nets, x, y, options, generator) -> dict[str, Any]:
+    """Codebook perplexity and usage on the test set, reconstruction MSE, and the prior's NLL per code."""
+    fam = recipe.family()
+    out = {k: float(v) for k, v in fam.codebook_usage(nets, x).items()}
+    rec = fam.reconstruct(nets, x)
+    out["recon_mse"] = float((rec.float() - x.float()).square().mean())
+    codes = fam.encode(nets, x)
+    lp = fam.prior_log_prob(nets, codes, cond=_label_cond(options, y))
+    out["prior_nll_per_code"] = float(-lp.double().mean() / codes[0].numel())
+    return out
+
+
+GAN_LOSSES = ("minimax", "non_saturating", "least_squares", "hinge", "wasserstein")
+
+
+def _gan_check(s: dict) -> None:
+    check_choice("loss", s["loss"], GAN_LOSSES)
+    check_int("n_critic", s["n_critic"], min=1)
+    for key in ("lr_d", "lr_g"):
+        if s[key] is not None:
+            check_float(key, s[key], min=0.0, min_open=True)
+    betas = s["betas"]
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise ValueError(f"option betas must be a pair [beta1, beta2], got {betas!r}")
+    for b in betas:
+        check_float("betas", b, min=0.0, max=1.0, max_open=True)
+    for key in ("gp_weight", "r1_weight", "aux_weight", "info_weight"):
+        check_float(key, s[key], min=0.0)
+    if s["clip"] is not None:
+        check_float("clip", s["clip"], min=0.0, min_open=True)
+
+
+def _gan_kw(s: dict) -> dict[str, Any]:
+    return dict(kind=s["loss"], aux_weight=s["aux_weight"], info_weight=s["info_weight"])
+
+
+def _gan_d_loss(recipe, nets, x, cond, s, generator):
+    return recipe.family().discriminator_objective(nets, x, gp_weight=s["gp_weight"], r1_weight=s["r1_weight"],
+                                                   generator=generator, cond=cond, **_gan_kw(s))
+
+
+def _gan_g_loss(recipe, nets, x, cond, s, generator):
+    return recipe.family().generator_objective(nets, x, generator=generator, cond=cond, **_gan_kw(s))
+
+
+def _gan_optim(key: str) -> Callable[[Mapping[str, Any], float], dict]:
+    return lambda s, lr: {"lr": s[key] if s[key] is not None else lr, "betas": tuple(s["betas"])}
+
+
+def _gan_clip(nets, s) -> None:
+    if s["clip"] is not None:  # WGAN (Arjovsky et al.): keep the critic Lipschitz by clipping its weights
+        importlib.import_module("edifice.generative.gan").clip_weights_(nets.discriminator, s["clip"])
+
+
+def _gan_sample(recipe, nets, shape, cond, s, sampler, steps, generator, device):
+    return recipe.family().sample(nets, shape, generator=generator, cond=cond, device=device)
+
+
 _COMMON = {"conditional": None, "label_dropout": 0.1}
+# Latent-variable models and GANs are unconditional unless asked (the cvae / cgan / acgan variants).
+_UNCOND = {"conditional": False, "label_dropout": 0.0}
 # Likelihood: rk4 x 25 = 100 field evaluations; on EDM's Gaussian oracle it is within 8e-4 nats, heun x 50 0.04.
 _NLL = {"nll_steps": 25, "nll_method": "rk4", "divergence": None}
 
@@ -539,6 +660,70 @@ RECIPES: dict[str, Recipe] = {
         loss_fn=_ncsn_loss,
         sample_fn=_ncsn_sample,
         check_settings=_ncsn_check,
+    ),
+    "vae": Recipe(
+        name="vae",
+        module="edifice.generative.vae",
+        summary="variational autoencoder (Kingma & Welling 2014): beta-VAE, IWAE, conditional, two-level; IS likelihood",
+        samplers={"ancestral": None, "mean": None},
+        default_sampler="ancestral",
+        settings={**_UNCOND, "beta": 1.0, "objective": "elbo", "k": 1, "nll_k": 1000},
+        point_defaults={"latent_dim": 2, "hidden": 128, "depth": 3, "likelihood": "gaussian"},
+        image_defaults={"latent_dim": 16, "likelihood": "logistic"},
+        loss_fn=_vae_loss,
+        sample_fn=_vae_sample,
+        log_prob_fn=_vae_log_prob,
+        check_settings=_vae_check,
+        variants={"beta_vae": {"beta": 4.0}, "iwae": {"objective": "iwae", "k": 5}, "cvae": {"conditional": True},
+                  "hvae": {"levels": 2}},
+        eval_fn=_vae_eval,
+        likelihood_kind=_vae_likelihood_kind,
+    ),
+    "vqvae": Recipe(
+        name="vqvae",
+        module="edifice.generative.vqvae",
+        summary="VQ-VAE (van den Oord et al. 2017): EMA codebook, dead-code restarts, autoregressive prior over codes",
+        samplers={"prior": None},
+        default_sampler="prior",
+        settings={**_UNCOND, "beta": 0.25, "prior_weight": 1.0, "temperature": 1.0},
+        point_defaults={},
+        image_defaults={},
+        loss_fn=_vq_loss,
+        sample_fn=_vq_sample,
+        check_settings=_vq_check,
+        variants={"transformer_prior": {"prior": "transformer"}, "no_ema": {"ema": False}},
+        eval_fn=_vq_eval,
+    ),
+    "gan": Recipe(
+        name="gan",
+        module="edifice.generative.gan",
+        summary="GANs (Goodfellow et al. 2014): MLP / DCGAN, SN, cGAN, ACGAN, InfoGAN; NS, LS, hinge, WGAN(-GP), R1",
+        samplers={"generator": None},
+        default_sampler="generator",
+        settings={**_UNCOND, "loss": "non_saturating", "n_critic": 1, "lr_d": None, "lr_g": None,
+                  "betas": [0.5, 0.999], "gp_weight": 0.0, "r1_weight": 0.0, "clip": None, "aux_weight": 1.0,
+                  "info_weight": 1.0},
+        point_defaults={},
+        image_defaults={},
+        loss_fn=_gan_d_loss,
+        sample_fn=_gan_sample,
+        check_settings=_gan_check,
+        phases=(
+            Phase(name="discriminator", modules=("discriminator",), loss_fn=_gan_d_loss,
+                  repeats=lambda s: s["n_critic"], optim=_gan_optim("lr_d"), after=_gan_clip),
+            Phase(name="generator", modules=("generator",), loss_fn=_gan_g_loss, optim=_gan_optim("lr_g")),
+        ),
+        variants={
+            "dcgan": {"arch": "dcgan"},
+            "sngan": {"spectral_norm": True, "loss": "hinge"},
+            "cgan": {"conditional": True, "cond_mode": "projection"},
+            "acgan": {"conditional": True, "cond_mode": "acgan"},
+            "infogan": {"info_categorical": 10, "info_continuous": 2},
+            "lsgan": {"loss": "least_squares"},
+            "hinge": {"loss": "hinge"},
+            "wgan": {"loss": "wasserstein", "n_critic": 5, "clip": 0.01},
+            "wgan_gp": {"loss": "wasserstein", "n_critic": 5, "gp_weight": 10.0, "betas": [0.0, 0.9]},
+        },
     ),
 }
 
