@@ -23,6 +23,9 @@ _FAMILIES: dict[str, str] = {
     "score_sde": "edifice.generative.score_sde",
     "edm": "edifice.generative.edm",
     "ncsn": "edifice.generative.ncsn",
+    "vae": "edifice.generative.vae",
+    "vqvae": "edifice.generative.vqvae",
+    "gan": "edifice.generative.gan",
 }
 
 

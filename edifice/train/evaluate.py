@@ -177,6 +177,9 @@ def evaluate(
             out["sliced_wasserstein"] = _finite(M.sliced_wasserstein(samples, ref, generator=g))
             out["mmd"] = _finite(M.mmd(samples, ref))
             out["energy"] = _finite(M.energy_distance(samples, ref))
+            if config["data"]["name"] == "8gaussians":  # modes covered / high-quality samples (unrolled GAN)
+                cov = M.mode_coverage(samples, M.EIGHT_GAUSSIANS_CENTRES, std=M.EIGHT_GAUSSIANS_STD)
+                out["modes"], out["high_quality"] = cov["modes"], round(cov["high_quality"], 4)
         else:
             out.update(w2=None, sliced_wasserstein=None, mmd=None, energy=None)
     else:
