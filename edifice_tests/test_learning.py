@@ -16,23 +16,15 @@ import torch
 from edifice.data import toy2d
 from edifice.generative import ddim, ddpm, edm, ncsn, score_sde
 from edifice.generative import flow_matching as fm
+from edifice import metrics
 from edifice.metrics import w2
 
 N_EVAL = 2000
-# 8gaussians: centres at radius 4 / 1.414 on the 8 compass directions, std 0.5 / 1.414.
-CENTRES = (4 / 1.414) * torch.stack(
-    [torch.tensor([math.cos(k * math.pi / 4), math.sin(k * math.pi / 4)]) for k in range(8)]
-)
-MODE_STD = 0.5 / 1.414
-
-
 def mode_coverage(x: torch.Tensor) -> tuple[float, float, float]:
     """(fraction within 3 std of its nearest centre, smallest and largest share of a mode)."""
-    d = torch.cdist(x.double(), CENTRES.double())  # (N, 8)
-    dist, idx = d.min(dim=1)
-    near = dist < 3 * MODE_STD
-    shares = torch.bincount(idx[near], minlength=8).double() / len(x)
-    return float(near.double().mean()), float(shares.min()), float(shares.max())
+    cov = metrics.mode_coverage(x, metrics.EIGHT_GAUSSIANS_CENTRES, std=metrics.EIGHT_GAUSSIANS_STD)
+    shares = cov["shares"] * cov["high_quality"]  # share of all samples, not only of the high-quality ones
+    return cov["high_quality"], float(shares.min()), float(shares.max())
 
 
 def train(family, data: str, steps: int, build_kw=None, **loss_kw) -> torch.nn.Module:

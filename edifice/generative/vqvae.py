@@ -62,7 +62,7 @@ from edifice.blocks.masked import CausalTransformerPrior, GatedPixelCNN, check_c
 __all__ = [
     "VectorQuantizer", "VQVAENets", "PRIORS", "nearest_codes", "straight_through", "vq_losses", "perplexity",
     "ema_codebook_update", "restart_dead_codes", "build", "loss", "encode", "decode_codes", "reconstruct",
-    "prior_log_prob", "sample", "codebook_usage",
+    "prior_log_prob", "sample_codes", "sample", "codebook_usage",
 ]
 
 PRIORS = ("pixelcnn", "transformer")
@@ -516,6 +516,49 @@ def prior_log_prob(nets: VQVAENets, codes: torch.Tensor, *, cond: Mapping[str, A
     return logp.gather(1, codes[:, None]).flatten(1).sum(1)  # (B,)
 
 
+def sample_codes(
+    nets: VQVAENets,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    cond: Mapping[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Ancestral sampling of ``n`` code maps from the prior in raster order (``h * w`` prior calls).
+
+    Each code is drawn from ``softmax(logits / temperature)`` by the Gumbel-max trick, ``argmax(l - log(-log u))``
+    with uniforms ``u`` from ``generator``. Uses the prior in whatever mode it is in.
+
+    Args:
+        nets: from :func:`build`.
+        n: number of maps.
+        generator: the source of randomness.
+        cond: ``{"y": (n,) labels}`` for a conditional prior, or None (the null label).
+        device: where to sample (default: the networks' device).
+        temperature: ``T > 0``; below 1 sharpens the prior.
+
+    Returns:
+        ``(n, h, w)`` long codes.
+    """
+    nets = _check_nets(nets)
+    n = check_int("n", n, min=1)
+    temperature = check_float("temperature", temperature, min=0.0, min_open=True)
+    check_generator(generator)
+    y = _labels(nets, cond, n)
+    device = torch.device(device) if device is not None else nets.quantizer.embed.device
+    y = None if y is None else y.to(device)
+    h, w = _map_shape(nets)
+    codes = torch.zeros(n, h, w, dtype=torch.long, device=device)
+    with torch.no_grad():
+        for i in range(h):
+            for j in range(w):
+                logits = nets.prior(codes, y)[:, :, i, j].float() / temperature  # (n, K)
+                u = rand(logits.shape, generator=generator, device=device).clamp_(1e-20, 1.0 - 1e-7)
+                codes[:, i, j] = (logits - torch.log(-torch.log(u))).argmax(dim=1)
+    return codes
+
+
 def sample(
     nets: VQVAENets,
     shape: tuple[int, ...],
@@ -525,10 +568,9 @@ def sample(
     device: torch.device | str | None = None,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Ancestral sampling: codes from the prior in raster order (``h * w`` prior calls), then decode.
+    """Images from the model: :func:`sample_codes` (``h * w`` prior calls), then the decoder.
 
-    Each code is drawn from ``softmax(logits / temperature)`` by the Gumbel-max trick with uniforms from
-    ``generator``. Uses the nets in whatever mode they are in (call ``.eval()`` first).
+    Uses the nets in whatever mode they are in (call ``.eval()`` first).
 
     Args:
         nets: from :func:`build`.
@@ -536,7 +578,7 @@ def sample(
         generator: the source of randomness.
         cond: ``{"y": (B,) labels}`` for a conditional prior, or None (the null label).
         device: where to sample (default: the networks' device).
-        temperature: ``T > 0``; below 1 sharpens the prior.
+        temperature: ``T > 0`` of the prior.
 
     Returns:
         ``(B, C, H, W)`` float32 images in model space.
@@ -546,19 +588,8 @@ def sample(
     want = _data_shape(nets)
     if shape[1:] != want:
         raise ValueError(f"shape must be (B, {', '.join(map(str, want))}) for this network, got {shape}")
-    temperature = check_float("temperature", temperature, min=0.0, min_open=True)
-    check_generator(generator)
-    b = shape[0]
-    y = _labels(nets, cond, b)
-    device = torch.device(device) if device is not None else nets.quantizer.embed.device
-    h, w = _map_shape(nets)
-    codes = torch.zeros(b, h, w, dtype=torch.long, device=device)
+    codes = sample_codes(nets, shape[0], generator=generator, cond=cond, device=device, temperature=temperature)
     with torch.no_grad():
-        for i in range(h):
-            for j in range(w):
-                logits = nets.prior(codes, y)[:, :, i, j].float() / temperature  # (B, K)
-                u = rand(logits.shape, generator=generator, device=device).clamp_(1e-20, 1.0 - 1e-7)
-                codes[:, i, j] = (logits - torch.log(-torch.log(u))).argmax(dim=1)
         x = nets.decoder(nets.quantizer.lookup(codes))  # (B, C, H, W)
     return x.float()
 
