@@ -340,7 +340,8 @@ def build(
         res_blocks: residual blocks at the lowest resolution of each network.
         ema: EMA codebook (True) or codebook loss (False).
         decay: EMA rate ``γ`` of the codebook and of the usage counts.
-        dead_threshold: usage below which a code is restarted (0: never).
+        dead_threshold: usage (moving average of vectors assigned per training batch) below which a code is
+            restarted (0: never). Keep it well below the average ``B h w / K``, or codes churn.
         prior: ``"pixelcnn"`` (gated PixelCNN) or ``"transformer"`` (causal transformer).
         prior_hidden, prior_layers: width and depth of the prior.
         prior_heads: attention heads of the transformer prior.

@@ -143,7 +143,9 @@ def evaluate(
         sampler, steps: sampler and its steps (defaults of the family's recipe).
         seed: seeds the sampler (and the Hutchinson probes).
         nll: also compute the test NLL for families with a likelihood.
-        nll_n: test points for the NLL (default all ``n`` for points, 64 for images).
+        nll_n: test points for the NLL (default all ``n`` for points; for images the recipe's
+            ``image_nll_n``: 64 for the ODE likelihoods, all ``n`` for the VAE, whose importance-sampled
+            NLL is then on the same images as its ELBO).
         device: where to run (default: CUDA when available, else CPU).
         data_dir: override where image data is looked up.
         write: write ``metrics.json``, ``samples.png`` and ``samples.npy`` into ``run_dir``.
@@ -218,7 +220,10 @@ def _nll(recipe, run_dir, config, data, x_test, kind, nll_n, seed, device) -> di
     from ..metrics import nll_summary
 
     device = _device(device)
-    nll_n = (x_test.shape[0] if kind == "points" else 64) if nll_n is None else check_int("nll_n", nll_n, min=1)
+    if nll_n is None:
+        nll_n = x_test.shape[0] if (kind == "points" or recipe.image_nll_n is None) else recipe.image_nll_n
+    else:
+        nll_n = check_int("nll_n", nll_n, min=1)
     x = x_test[:nll_n].to(device)
     nets, _ = load(run_dir, device=device)
     g = torch.Generator(device=device).manual_seed(seed)

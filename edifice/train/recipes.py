@@ -108,6 +108,8 @@ class Recipe:
             :func:`edifice.train.evaluate` (e.g. the VAE's ELBO, VQ-VAE's perplexity), or None.
         likelihood_kind(options) -> "density" | "pmf": whether ``log_prob`` is a density in model space
             (images are dequantised before it is evaluated) or a probability mass over 256-level pixels.
+        image_nll_n: test images :func:`edifice.train.evaluate` computes the NLL on by default (None: all of
+            the evaluated ones; the ODE likelihoods cost hundreds of network calls per image, hence 64).
     """
 
     name: str
@@ -127,6 +129,7 @@ class Recipe:
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     eval_fn: Callable[..., dict[str, Any]] | None = None
     likelihood_kind: Callable[[Mapping[str, Any]], str] = field(default=lambda options: "density")
+    image_nll_n: int | None = 64
 
     # -- options -------------------------------------------------------------------------------
 
@@ -678,6 +681,7 @@ RECIPES: dict[str, Recipe] = {
                   "hvae": {"levels": 2}},
         eval_fn=_vae_eval,
         likelihood_kind=_vae_likelihood_kind,
+        image_nll_n=None,
     ),
     "vqvae": Recipe(
         name="vqvae",
