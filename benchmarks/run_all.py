@@ -20,6 +20,7 @@ import sampler_overhead_score
 import sampler_quality
 import score_nll
 import train_throughput
+import vqvae_digits
 
 BENCHMARKS = {
     "sampler_overhead": sampler_overhead.main,
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "score_nll": score_nll.main,
     "sampler_quality": sampler_quality.main,
     "likelihood_cost": likelihood_cost.main,
+    "vqvae_digits": vqvae_digits.main,
 }
 
 

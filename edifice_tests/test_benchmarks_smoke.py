@@ -23,7 +23,7 @@ BENCH = ROOT / "benchmarks"
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 MACHINE_KEYS = {"date", "python", "torch", "threads", "cpu_count", "device"}
 NAMES = ["sampler_overhead", "train_throughput", "main_job", "sampler_overhead_score", "score_nll", "sampler_quality",
-         "likelihood_cost"]
+         "likelihood_cost", "vqvae_digits"]
 
 
 def _positive(value, what: str) -> None:
@@ -167,3 +167,12 @@ def test_likelihood_cost(results):
         for key, n in r["nll"].items():
             if key != "exact":
                 _positive(n["per_point_std"], f"{name}.{key}.per_point_std")
+
+
+def test_vqvae_digits(results):
+    rows = results["vqvae_digits"]["rows"]
+    assert rows
+    for r in rows:
+        for key in ("recon_mse", "perplexity", "steps_per_s", "data_variance"):
+            _positive(r[key], f"vqvae_digits {key}")
+        assert 0 < r["usage"] <= 1 and r["restarted_total"] >= 0
