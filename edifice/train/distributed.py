@@ -18,7 +18,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["DistInfo", "setup", "teardown", "wrap", "unwrap", "barrier", "all_reduce_mean", "env_rank"]
+__all__ = ["DistInfo", "setup", "teardown", "wrap", "unwrap", "barrier", "all_reduce_mean", "average_gradients",
+           "broadcast_buffers", "env_rank"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,39 @@ def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     out = tensor.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / info.world_size
+
+
+def average_gradients(params: list[torch.Tensor], info: DistInfo) -> None:
+    """Average the ``.grad`` of ``params`` over ranks in place (one all-reduce of one flat buffer).
+
+    This is what DDP does during ``backward``, done after it instead: it works for every family as it
+    is — several networks stepped in turn (GANs), networks called several times per loss, gradient
+    penalties through ``torch.autograd.grad`` (which DDP does not support) and attribute access on the
+    plain modules — at the cost of not overlapping communication with the backward pass. Parameters
+    without a gradient are skipped (the same ones on every rank: every rank runs the same code).
+    """
+    if not info.distributed:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= info.world_size
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset:offset + n].view_as(g))
+        offset += n
+
+
+def broadcast_buffers(modules: list[nn.Module], info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics, an EMA codebook, ...) to every rank, as DDP does."""
+    if not info.distributed:
+        return
+    for m in modules:
+        for b in m.buffers():
+            dist.broadcast(b, src=0)
 
 
 def wrap(nets: Any, info: DistInfo) -> Any:

@@ -2,14 +2,19 @@
 
 :func:`fit` runs AdamW with gradient clipping and an EMA of the weights, shows a tqdm progress
 bar, appends periodic logs to ``log.jsonl``, and writes atomic checkpoints (see
-:mod:`edifice.train.checkpoint`). The same code runs alone or under ``torchrun`` with DDP (each
-rank draws ``batch_size / world_size`` examples; only rank 0 writes).
+:mod:`edifice.train.checkpoint`). The same code runs alone or under ``torchrun`` data-parallel (each
+rank draws ``batch_size / world_size`` examples; gradients are averaged; only rank 0 writes).
 
 **Exact resume.** The randomness of step ``k`` on rank ``r`` comes from generators seeded with a
 hash of ``(seed, k, r)`` (one stream for the data, one for the loss, and the global RNG for
 dropout), so no RNG state needs saving: running to step 10 and then, with the same command and
 ``steps=20``, on to step 20 gives bit-identical weights to an uninterrupted 20-step run (on the
 same device and software). A run killed mid-way resumes from its last checkpoint the same way.
+
+**Several networks.** A recipe may split a training step into phases (:class:`~edifice.train.recipes.Phase`),
+each with its own optimiser over some of the networks, repeated ``n`` times (a GAN's discriminator and
+generator, ``n_critic``). Under ``torchrun`` the gradients are averaged over ranks after each backward and
+rank 0's buffers are broadcast after each step, which is what DDP does, on the plain modules.
 """
 
 from __future__ import annotations
@@ -320,7 +325,10 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
                     ema={n: {"num_updates": e.num_updates} for n, e in emas.items()})
         ckpt.save_checkpoint(run_dir, tensors, meta)
 
-    train_nets = D.wrap(nets, info)
+    # Data parallel across ranks by averaging gradients after each backward (D.average_gradients), not by
+    # DDP-wrapping the modules: the families then see plain modules, and GAN phases and gradient penalties work.
+    train_nets = nets
+    all_modules = list(modules.values())
     per_rank = train["batch_size"] // info.world_size
     history: list[dict] = []
     pending: list[torch.Tensor] = []  # the first phase's loss per step ("loss" in the log)
@@ -352,6 +360,7 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
                                                  generator=_gen(device, step_seed(seed, step, info.rank, f"1{sub}")))
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
+                        D.average_gradients(params, info)
                         if train["grad_clip"] is not None and k == 0:
                             pending_norm.append(torch.nn.utils.clip_grad_norm_(params, train["grad_clip"]).detach())
                         elif train["grad_clip"] is not None:
@@ -370,6 +379,7 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
                                 if key != "loss" and isinstance(v, torch.Tensor) and v.numel() == 1:
                                     name = key if single else f"{ph.name}/{key}"
                                     pending_logs.setdefault(name, []).append(v.detach().float().reshape(()))
+                D.broadcast_buffers(all_modules, info)
                 for name, e in emas.items():
                     e.update(modules[name])
                 done = step + 1

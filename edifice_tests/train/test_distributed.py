@@ -1,4 +1,5 @@
-"""DDP: a 2-process torchrun fit on CPU (gloo) keeps the ranks identical; rank 0 alone writes."""
+"""Data parallel: a 2-process torchrun fit on CPU (gloo) keeps the ranks identical (one network, and a GAN
+with two optimisers and a gradient penalty); rank 0 alone writes."""
 
 from __future__ import annotations
 
@@ -27,18 +28,25 @@ SCRIPT = textwrap.dedent(
     from edifice.train import fit
 
     out = sys.argv[1]
+    torch.distributed.init_process_group("gloo")  # one group for both fits (fit leaves a group it did not start)
     result = fit("flow_matching", "moons", steps=20, batch_size=32, lr=3e-3, seed=1, out=os.path.join(out, "run"),
                  options={"hidden": 16, "depth": 1}, progress=False, log_every=5, ckpt_every=10, device="cpu")
 
-    def digest(module):
+    # Two networks, two optimisers, n_critic = 5 and a gradient penalty through torch.autograd.grad.
+    gan = fit("gan", "8gaussians", steps=4, batch_size=32, lr=1e-3, seed=1, out=None, progress=False, device="cpu",
+              options={"hidden": 16, "depth": 1, "variant": "wgan_gp"})
+
+    def digest(nets):
         h = hashlib.sha256()
-        for p in module.parameters():
-            h.update(p.detach().contiguous().numpy().tobytes())
+        for m in ([nets] if isinstance(nets, torch.nn.Module) else list(nets)):
+            for p in m.parameters():
+                h.update(p.detach().contiguous().numpy().tobytes())
         return h.hexdigest()
 
     rank = int(os.environ["RANK"])
     with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
-        f.write(f"{digest(result.nets)} {digest(result.ema_nets)} {result.config['train']['world_size']}")
+        f.write(f"{digest(result.nets)} {digest(result.ema_nets)} {result.config['train']['world_size']} "
+                f"{digest(gan.nets)}")
     """
 )
 
@@ -67,7 +75,7 @@ def test_two_process_torchrun_fit_keeps_ranks_identical(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0 = (tmp_path / "rank0.txt").read_text().split()
     r1 = (tmp_path / "rank1.txt").read_text().split()
-    assert r0 == r1 and r0[2] == "2"
+    assert r0 == r1 and r0[2] == "2"  # the GAN's parameters (r0[3]) agree across ranks too
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.json", "checkpoint.safetensors", "log.jsonl", "loss.png"]
     assert len((run / "log.jsonl").read_text().splitlines()) == 4  # one writer: steps 5, 10, 15, 20
