@@ -13,6 +13,7 @@ import time
 import traceback
 
 import common
+import gan_losses
 import likelihood_cost
 import main_job
 import sampler_overhead
@@ -20,6 +21,7 @@ import sampler_overhead_score
 import sampler_quality
 import score_nll
 import train_throughput
+import vae_mnist
 import vqvae_digits
 
 BENCHMARKS = {
@@ -31,6 +33,8 @@ BENCHMARKS = {
     "sampler_quality": sampler_quality.main,
     "likelihood_cost": likelihood_cost.main,
     "vqvae_digits": vqvae_digits.main,
+    "vae_mnist": vae_mnist.main,
+    "gan_losses": gan_losses.main,
 }
 
 

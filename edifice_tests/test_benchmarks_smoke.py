@@ -23,7 +23,7 @@ BENCH = ROOT / "benchmarks"
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 MACHINE_KEYS = {"date", "python", "torch", "threads", "cpu_count", "device"}
 NAMES = ["sampler_overhead", "train_throughput", "main_job", "sampler_overhead_score", "score_nll", "sampler_quality",
-         "likelihood_cost", "vqvae_digits"]
+         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses"]
 
 
 def _positive(value, what: str) -> None:
@@ -176,3 +176,21 @@ def test_vqvae_digits(results):
         for key in ("recon_mse", "perplexity", "steps_per_s", "data_variance"):
             _positive(r[key], f"vqvae_digits {key}")
         assert 0 < r["usage"] <= 1 and r["restarted_total"] >= 0
+
+
+def test_vae_mnist(results):
+    r = results["vae_mnist"]
+    assert len(r["rows"]) == 4  # one and two stochastic layers, VAE and IWAE (digits when MNIST is absent)
+    for row in r["rows"]:
+        ev = row["eval"]
+        assert math.isfinite(ev["elbo"]) and ev["elbo"] < 0 and math.isfinite(ev["log_px"]) and ev["log_px"] < 0
+        _positive(row["train"]["steps"], "vae_mnist steps")
+
+
+def test_gan_losses(results):
+    r = results["gan_losses"]
+    losses = {row["loss"] for row in r["rows"]}
+    assert {"non_saturating", "least_squares", "hinge", "wgan", "wgan_gp"} <= losses
+    for row in r["rows"]:
+        assert all(0 <= m <= 8 for m in row["modes"]) and 0 <= row["high_quality"] <= 1
+        _positive(row["w2"], f"gan_losses {row['loss']} w2")
