@@ -118,7 +118,7 @@ def _snapshot(folder: Path) -> dict:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "gan", "--data", "moons", "--steps", "5"], "unknown family 'gan'"),
+        (["train", "nope", "--data", "moons", "--steps", "5"], "unknown family 'nope'"),
         (["train", "ddpm", "--data", "nope", "--steps", "5"], "unknown dataset 'nope'"),
         (["train", "ddpm", "--data", "moons", "--steps", "0"], "--steps must be a positive int, got 0"),
         (["train", "ddpm", "--data", "moons", "--steps", "x"], "invalid int value"),
