@@ -172,7 +172,8 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
           f"{metrics['steps']}; n={metrics['n']})")
     for k in keys:
         v = metrics[k]
-        print(f"  {k:<20s} {'n/a' if v is None else format(v, '.4f')}")
+        text = "n/a" if v is None else (str(v) if isinstance(v, int) else format(v, ".4f"))
+        print(f"  {k:<20s} {text}")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -492,7 +492,9 @@ def _vae_log_prob(recipe, nets, x, cond, s, generator):
 
 
 def _vae_likelihood_kind(options: Mapping[str, Any]) -> str:
-    return "density" if options["build"].get("likelihood", "gaussian") == "gaussian" else "pmf"
+    build = options["build"]
+    likelihood = build.get("likelihood") or ("logistic" if len(build["data_shape"]) == 3 else "gaussian")  # build's rule
+    return "density" if likelihood == "gaussian" else "pmf"
 
 
 def _label_cond(options: Mapping[str, Any], y: torch.Tensor | None) -> dict[str, torch.Tensor]:
