@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints (default 500)")
     t.add_argument("--sde", choices=SDE_CHOICES, default=None,
                    help="SDE of score_sde: vp, ve or subvp (the same as --option sde=...; default vp)")
+    t.add_argument("--class-cond", action="store_true",
+                   help="train a class-conditional model on labelled data (the same as --option conditional=true)")
+    t.add_argument("--p-uncond", type=float, default=None,
+                   help="label dropout for classifier-free guidance (the same as --option label_dropout=P)")
+    t.add_argument("--backbone", default=None,
+                   help="network of the diffusion and flow families: unet, dit (or mlp for vectors; default: "
+                        "by data shape); the same as --option backbone=...")
     t.add_argument("--variant", default=None,
                    help="a named preset of the family (e.g. vae: beta_vae, iwae, cvae, hvae; gan: dcgan, wgan_gp, ...; "
                         "see `edifice list`); --option values override it")
@@ -146,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
     s.add_argument("--label", type=int, default=None, help="class label (conditional models only)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    s.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale of a class-conditional model (1: none; 0: unconditional)")
     s.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest for small nets on busy cores)")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -157,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sampler", default=None, help="sampler name (default: the family's)")
     e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
     e.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    e.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale of a class-conditional model (1: none; 0: unconditional)")
     e.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest for small nets on busy cores)")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -212,6 +223,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if options.get("sde", args.sde) != args.sde:
             raise _ArgError(f"--sde {args.sde} contradicts --option sde={options['sde']}")
         options["sde"] = args.sde
+    for flag, key, value in (("--class-cond", "conditional", True if args.class_cond else None),
+                             ("--p-uncond", "label_dropout", args.p_uncond), ("--backbone", "backbone", args.backbone)):
+        if value is None:
+            continue
+        if key in options and options[key] != value:
+            raise _ArgError(f"{flag} contradicts --option {key}={options[key]}")
+        if key == "backbone" and "backbone" not in RECIPES[args.family].build_keys():
+            raise _ArgError(f"--backbone is an option of the diffusion and flow families, not of {args.family!r}")
+        options[key] = value
     if args.variant is not None:
         if "variant" in options and options["variant"] != args.variant:
             raise _ArgError(f"--variant {args.variant} contradicts --option variant={options['variant']}")
@@ -258,8 +278,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise _ArgError(f"--out {str(out)!r} is a folder; give a file name such as {str(out / 'samples')!r}")
     _check_writable_dir(out.parent, "the folder of --out")
+    recipe.check_guidance(config["options"], args.guidance_scale)
     x, info = sample_run(args.run_dir, args.n, sampler=args.sampler, steps=args.steps, label=args.label,
-                         seed=args.seed, device=args.device)
+                         seed=args.seed, device=args.device, guidance_scale=args.guidance_scale)
     out.parent.mkdir(parents=True, exist_ok=True)
     png, npy = write_samples(x, out, kind=config["data"]["kind"],
                              title=f"{config['family']}, {info['sampler']} x {info['steps']}")
@@ -276,8 +297,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _check_device(args.device)
     config = _check_run(args.run_dir)
     get_recipe(config["family"]).check_sampler(args.sampler, args.steps)
+    get_recipe(config["family"]).check_guidance(config["options"], args.guidance_scale)
     metrics = evaluate(args.run_dir, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                       nll=not args.no_nll, device=args.device, data_dir=args.data_dir)
+                       nll=not args.no_nll, device=args.device, data_dir=args.data_dir,
+                       guidance_scale=args.guidance_scale)
     _print_metrics(metrics)
     print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
     return 0

@@ -60,6 +60,7 @@ def sample_run(
     seed: int = 0,
     device: str | torch.device | None = None,
     data: Any = None,
+    guidance_scale: float | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Draw ``n`` samples from the EMA networks of ``run_dir``, in data units, returned on the CPU.
 
@@ -79,15 +80,17 @@ def sample_run(
     recipe = get_recipe(config["family"])
     sampler, steps = recipe.check_sampler(sampler, steps)
     recipe.check_label(config["options"], label)
+    recipe.check_guidance(config["options"], guidance_scale)
     device = _device(device)
     nets, config = load(run_dir, device=device)
     t0 = time.perf_counter()
     g = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         x = recipe.sample(nets, n, options=config["options"], sampler=sampler, steps=steps, generator=g,
-                          label=label, device=device)
+                          label=label, device=device, guidance_scale=guidance_scale)
     x = _to_unit(config, x.float().cpu(), data)
     return x, {"sampler": sampler, "steps": steps, "seed": seed, "n": n, "label": label,
+               "guidance_scale": guidance_scale,
                "sample_time_s": round(time.perf_counter() - t0, 3)}
 
 
@@ -134,6 +137,7 @@ def evaluate(
     device: str | torch.device | None = None,
     data_dir: str | os.PathLike | None = None,
     write: bool = True,
+    guidance_scale: float | None = None,
 ) -> dict[str, Any]:
     """Sample from a run and compare with held-out data; write ``metrics.json`` and the samples.
 
@@ -149,6 +153,7 @@ def evaluate(
         device: where to run (default: CUDA when available, else CPU).
         data_dir: override where image data is looked up.
         write: write ``metrics.json``, ``samples.png`` and ``samples.npy`` into ``run_dir``.
+        guidance_scale: classifier-free guidance scale for a class-conditional model (None: none).
 
     Returns:
         The metrics dict (also the content of ``metrics.json``). Distances are in data units
@@ -166,10 +171,13 @@ def evaluate(
     x_test, _ = data.test_set(n) if kind == "points" else data.test_set()
     x_test = x_test[:n]
     n = x_test.shape[0]
-    samples, info = sample_run(run_dir, n, sampler=sampler, steps=steps, seed=seed, device=device, data=data)
+    samples, info = sample_run(run_dir, n, sampler=sampler, steps=steps, seed=seed, device=device, data=data,
+                               guidance_scale=guidance_scale)
     ref = data.to_unit(x_test).float().cpu()
     out: dict[str, Any] = {"family": recipe.name, "data": config["data"]["name"], "step": config["step"],
                            "sampler": info["sampler"], "steps": info["steps"], "n": n, "seed": seed}
+    if guidance_scale is not None:
+        out["guidance_scale"] = guidance_scale
     t1 = time.perf_counter()
     finite = bool(torch.isfinite(samples).all())
     if kind == "points":

@@ -108,6 +108,8 @@ class Recipe:
             :func:`edifice.train.evaluate` (e.g. the VAE's ELBO, VQ-VAE's perplexity), or None.
         likelihood_kind(options) -> "density" | "pmf": whether ``log_prob`` is a density in model space
             (images are dequantised before it is evaluated) or a probability mass over 256-level pixels.
+        guidable: whether :meth:`sample` takes a classifier-free ``guidance_scale`` (one denoiser network
+            called ``net(x, t, y=...)``).
         image_nll_n: test images :func:`edifice.train.evaluate` computes the NLL on by default (None: all of
             the evaluated ones; the ODE likelihoods cost hundreds of network calls per image, hence 64).
     """
@@ -130,6 +132,7 @@ class Recipe:
     eval_fn: Callable[..., dict[str, Any]] | None = None
     likelihood_kind: Callable[[Mapping[str, Any]], str] = field(default=lambda options: "density")
     image_nll_n: int | None = 64
+    guidable: bool = False
 
     # -- options -------------------------------------------------------------------------------
 
@@ -249,18 +252,38 @@ class Recipe:
         fn = self.train_phases()[0].loss_fn if phase is None else phase.loss_fn
         return fn(self, nets, x, cond, options["settings"], generator)
 
+    def check_guidance(self, options: Mapping[str, Any], guidance_scale: float | None) -> float | None:
+        """Raise unless ``guidance_scale`` is None or a scale ``>= 0`` for a conditional model that supports it."""
+        if guidance_scale is None:
+            return None
+        scale = check_float("guidance_scale", guidance_scale, min=0.0)
+        if not self.guidable:
+            raise ValueError(f"guidance_scale={guidance_scale} was given but family {self.name!r} has no "
+                             "classifier-free guidance")
+        if options["build"].get("num_classes") is None:
+            raise ValueError(f"guidance_scale={guidance_scale} was given but the model is unconditional "
+                             "(train it with --class-cond / conditional=true)")
+        return scale
+
     def sample(self, nets: Any, n: int, *, options: Mapping[str, Any], sampler: str | None = None,
                steps: int | None = None, generator: torch.Generator | None = None, label: int | None = None,
-               device: torch.device | str | None = None) -> torch.Tensor:
+               device: torch.device | str | None = None, guidance_scale: float | None = None,
+               guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
         """Draw ``n`` samples in model space, shape ``(n, *data_shape)``.
 
         A conditional model samples class ``label``, or the classes ``0, 1, ..., K-1, 0, ...`` in
-        turn when ``label`` is None.
+        turn when ``label`` is None. ``guidance_scale`` (classifier-free guidance, Ho & Salimans 2022)
+        wraps the network with :func:`edifice.guidance.cfg` (``guidance_interval``: where it applies, in
+        the network's own time units); the model must have been trained with label dropout.
         """
         n = check_int("n", n, min=1)
         sampler, steps = self.check_sampler(sampler, steps)
         self.check_label(options, label)
+        guidance_scale = self.check_guidance(options, guidance_scale)
         num_classes = options["build"].get("num_classes")
+        if guidance_scale is not None:
+            guidance = importlib.import_module("edifice.guidance")
+            nets = guidance.cfg(nets, guidance_scale, num_classes=num_classes, interval=guidance_interval)
         cond = {}
         if num_classes is not None:
             y = torch.full((n,), label, dtype=torch.long) if label is not None else torch.arange(n) % num_classes
@@ -593,6 +616,7 @@ _NLL = {"nll_steps": 25, "nll_method": "rk4", "divergence": None}
 RECIPES: dict[str, Recipe] = {
     "ddpm": Recipe(
         name="ddpm",
+        guidable=True,
         module="edifice.generative.ddpm",
         summary="denoising diffusion (Ho et al. 2020): ancestral, DDIM, DPM-Solver(++), Karras Euler / Heun sampling",
         samplers={"ddpm": None, "ddim": 50, "dpm_solver": 30, "dpm_solver_pp": 20, "euler": 50, "heun": 25},
@@ -607,6 +631,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "flow_matching": Recipe(
         name="flow_matching",
+        guidable=True,
         module="edifice.generative.flow_matching",
         summary="conditional flow matching (Lipman et al. 2023): ODE sampling, exact likelihood",
         samplers={"euler": 50, "midpoint": 25, "heun": 25, "rk4": 15, "dopri5": 1},
@@ -622,6 +647,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "score_sde": Recipe(
         name="score_sde",
+        guidable=True,
         module="edifice.generative.score_sde",
         summary="score-based SDEs (Song et al. 2021): VP / VE / sub-VP, PC, EM, probability-flow ODE, exact NLL",
         samplers={"pc": 500, "em": 1000, "ode": 100, "dpm_solver": 30, "dpm_solver_pp": 20},
@@ -639,6 +665,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "edm": Recipe(
         name="edm",
+        guidable=True,
         module="edifice.generative.edm",
         summary="EDM (Karras et al. 2022): preconditioned denoiser, Heun / Euler / stochastic sampling, exact NLL",
         samplers={"heun": 18, "euler": 35},
@@ -655,6 +682,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "ncsn": Recipe(
         name="ncsn",
+        guidable=True,
         module="edifice.generative.ncsn",
         summary="NCSN (Song & Ermon 2019): noise-conditional scores, annealed Langevin dynamics",
         samplers={"langevin": 100},
