@@ -348,7 +348,13 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
         with torch.random.fork_rng(devices=rng_devices):
             for step in range(start, steps):
                 _seed_global_rng(step_seed(seed, step, info.rank, 2), device)  # e.g. dropout
+                logged_main = False
                 for k, (ph, opt, params, reps) in enumerate(zip(phases, opts, phase_params, repeats)):
+                    if not ph.active(settings, step, steps):
+                        continue
+                    if ph.start is not None and (step == 0 or not ph.active(settings, step - 1, steps)):
+                        with torch.random.fork_rng(devices=rng_devices):
+                            ph.start(recipe, nets, data, settings)
                     for r in range(reps):
                         # Streams 0 (data) and 1 (loss) for the first pass; other passes get their own.
                         sub = "" if k == 0 and r == 0 else f":{ph.name}:{r}"
@@ -361,7 +367,7 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         D.average_gradients(params, info)
-                        if train["grad_clip"] is not None and k == 0:
+                        if train["grad_clip"] is not None and not logged_main:
                             pending_norm.append(torch.nn.utils.clip_grad_norm_(params, train["grad_clip"]).detach())
                         elif train["grad_clip"] is not None:
                             torch.nn.utils.clip_grad_norm_(params, train["grad_clip"])
@@ -371,22 +377,23 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
                         if ph.after is not None:
                             ph.after(nets, settings)
                         if r == reps - 1:  # log the last pass of each phase
-                            if k == 0:
+                            if not logged_main:  # "loss": the first phase that trained at this step
                                 pending.append(loss.detach())
-                            else:
+                                logged_main = True
+                            if not single:
                                 pending_logs.setdefault(f"loss_{ph.name}", []).append(loss.detach())
                             for key, v in logs.items():
                                 if key != "loss" and isinstance(v, torch.Tensor) and v.numel() == 1:
                                     name = key if single else f"{ph.name}/{key}"
                                     pending_logs.setdefault(name, []).append(v.detach().float().reshape(()))
+                if not logged_main:
+                    raise RuntimeError(f"no training phase of {recipe.name!r} is active at step {step}")
                 D.broadcast_buffers(all_modules, info)
                 for name, e in emas.items():
                     e.update(modules[name])
                 done = step + 1
                 if done % log_every == 0 or done == steps or done % ckpt_every == 0:
                     entry = _flush(pending, pending_norm, done, info, t_loop, start)
-                    if not single:
-                        entry[f"loss_{phases[0].name}"] = entry["loss"]
                     entry.update(_flush_logs(pending_logs, info))
                     entry["ema_decay"] = round(next(iter(emas.values())).current_decay(), 6) if emas else None
                     history.append(entry)
@@ -455,6 +462,9 @@ def _flush_logs(pending_logs: dict[str, list[torch.Tensor]], info) -> dict[str, 
     out: dict[str, float | None] = {}
     for key in sorted(pending_logs):
         v = float(D.all_reduce_mean(torch.stack(pending_logs[key]).float(), info).mean())
+        if key.startswith("loss_") and not math.isfinite(v):
+            raise NonFiniteLossError(f"the training loss of phase {key[5:]!r} became {v}; lower --lr or the "
+                                     "phase's learning rate, or check the data for NaN/inf values")
         out[key] = v if math.isfinite(v) else None
     pending_logs.clear()
     return out

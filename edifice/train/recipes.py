@@ -71,6 +71,12 @@ class Phase:
             from the run's ``lr`` (separate learning rates, Heusel et al.'s TTUR).
         after(nets, settings) -> None: called after each optimiser step of the phase (e.g. WGAN's
             weight clipping), or None.
+        active(settings, step, steps) -> bool: whether the phase trains at (0-based) ``step`` of ``steps``
+            (latent diffusion trains its autoencoder first, then the latent denoiser); always by default.
+        start(recipe, nets, data, settings) -> None: called once when the phase becomes active (the first
+            step at which ``active`` holds and did not at the step before), e.g. to estimate the latent
+            scale of latent diffusion from a fixed data batch; its effect must live in module buffers so
+            that a resumed run gets it from the checkpoint.
     """
 
     name: str
@@ -79,6 +85,8 @@ class Phase:
     repeats: Callable[[Mapping[str, Any]], int] = field(default=lambda s: 1)
     optim: Callable[[Mapping[str, Any], float], dict] = field(default=lambda s, lr: {"lr": lr})
     after: Callable[[Any, Mapping[str, Any]], None] | None = None
+    active: Callable[[Mapping[str, Any], int, int], bool] = field(default=lambda s, step, steps: True)
+    start: Callable[..., None] | None = None
 
 
 @dataclass(frozen=True)

@@ -86,3 +86,36 @@ def test_variants_resolve_and_are_saved(tmp_path):
     fit("vae", "moons", steps=1, out=tmp_path / "v", options={"variant": "iwae", "hidden": 16, "depth": 1}, **KW)
     meta = json.loads((tmp_path / "v" / "checkpoint.json").read_text())
     assert meta["options"]["variant"] == "iwae" and meta["options"]["settings"]["k"] == 5
+
+
+def test_phases_with_activity_windows_and_a_start_hook(tmp_path, monkeypatch):
+    """A phase trains only inside its window; its start hook runs once, when it becomes active, also on resume."""
+    import dataclasses
+
+    from edifice.train import recipes as R
+
+    calls = []
+    base = R.get_recipe("gan")
+    d_phase, g_phase = base.phases
+    first_half = lambda s, step, steps: step < steps // 2  # noqa: E731
+    second_half = lambda s, step, steps: step >= steps // 2  # noqa: E731
+
+    def start(recipe, nets, data, settings):
+        calls.append(len(calls))
+
+    phases = (dataclasses.replace(d_phase, active=first_half),
+              dataclasses.replace(g_phase, active=second_half, start=start))
+    monkeypatch.setitem(R.RECIPES, "gan", dataclasses.replace(base, phases=phases))
+    fit("gan", "8gaussians", steps=6, out=tmp_path / "r", options=GAN_TINY, **KW)
+    assert calls == [0]
+    tensors, meta = load_checkpoint(tmp_path / "r")
+    d_steps = [float(v) for k, v in tensors.items() if k.startswith("optim/discriminator/state/") and k.endswith("/step")]
+    g_steps = [float(v) for k, v in tensors.items() if k.startswith("optim/generator/state/") and k.endswith("/step")]
+    assert set(d_steps) == {3.0} and set(g_steps) == {3.0}
+    log = read_log(tmp_path / "r")
+    assert [("loss_discriminator" in e, "loss_generator" in e) for e in log] == [(True, False)] * 3 + [(False, True)] * 3
+    # Resuming past the switch does not call the hook again; resuming at it does.
+    fit("gan", "8gaussians", steps=6, out=tmp_path / "r", options=GAN_TINY, **KW)
+    assert calls == [0]
+    fit("gan", "8gaussians", steps=3, out=tmp_path / "s", options=GAN_TINY, **dict(KW, ckpt_every=3))
+    assert calls == [0, 1]  # steps=3: the second phase starts at step 1
