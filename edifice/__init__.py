@@ -26,6 +26,7 @@ _FAMILIES: dict[str, str] = {
     "vae": "edifice.generative.vae",
     "vqvae": "edifice.generative.vqvae",
     "gan": "edifice.generative.gan",
+    "dit": "edifice.generative.dit",
 }
 
 

@@ -48,7 +48,7 @@ from edifice._checks import (
     append_dims, batch_steps, check_choice, check_cond, check_float, check_int, check_tensor, randint,
     randn,
 )
-from edifice.blocks import backbone
+from edifice.blocks import backbone as _backbone
 from edifice.generative._common import coefficient, hi_dtype
 from edifice.generative._common import initial_noise as _start
 from edifice.schedules import NoiseSchedule, make_schedule
@@ -73,6 +73,9 @@ def build(
     channel_mults: tuple[int, ...] = (1, 2),
     num_res_blocks: int = 1,
     dropout: float = 0.0,
+    backbone: str = "auto",
+    dit_preset: str | None = None,
+    patch_size: int | None = None,
 ) -> nn.Module:
     """Build a denoiser ``net(x_t, t, y=None)`` for data of shape ``data_shape`` (``t`` in steps ``0..T-1``).
 
@@ -87,13 +90,16 @@ def build(
         hidden, depth: width and number of residual blocks of the ResMLP (vector data).
         base_channels, channel_mults, num_res_blocks: UNet widths, per-level multipliers, blocks per level.
         dropout: dropout probability in ``[0, 1)``.
+        backbone: ``"auto"`` (ResMLP for vectors, UNet for images), ``"mlp"``, ``"unet"`` or ``"dit"`` (a
+            Diffusion Transformer; ``dit_preset`` and ``patch_size`` choose it, see :func:`edifice.blocks.backbone`).
 
     Raises:
         ValueError / TypeError: naming the offending option.
     """
-    return backbone(data_shape, t_scale=1.0, num_classes=num_classes, hidden=hidden, depth=depth,
+    return _backbone(data_shape, t_scale=1.0, num_classes=num_classes, hidden=hidden, depth=depth,
                     base_channels=base_channels, channel_mults=channel_mults, num_res_blocks=num_res_blocks,
-                    dropout=dropout)
+                    dropout=dropout, arch=backbone,
+                     dit_preset=dit_preset, patch_size=patch_size)
 
 
 # ----------------------------------------------------------------------------- shared helpers

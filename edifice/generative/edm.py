@@ -48,7 +48,7 @@ from torch import nn
 from edifice._checks import (
     append_dims, batch_time, check_choice, check_cond, check_float, check_int, check_tensor, randn,
 )
-from edifice.blocks import backbone
+from edifice.blocks import backbone as _backbone
 from edifice.generative._common import initial_noise
 from edifice.generative.ddpm import TARGETS, _hi, _schedule
 from edifice.integrators import METHODS, cnf_log_prob
@@ -94,16 +94,19 @@ class EDMDenoiser(nn.Module):
 
     def __init__(self, *, data_shape: Sequence[int], num_classes: int | None = None, sigma_data: float = 0.5,
                  hidden: int = 256, depth: int = 3, base_channels: int = 32, channel_mults: Sequence[int] = (1, 2),
-                 num_res_blocks: int = 1, dropout: float = 0.0) -> None:
+                 num_res_blocks: int = 1, dropout: float = 0.0, backbone: str = "auto", dit_preset: str | None = None,
+                 patch_size: int | None = None) -> None:
         super().__init__()
         self.sigma_data = _sigma_data(sigma_data)
-        self.backbone = backbone(data_shape, t_scale=_T_SCALE, num_classes=num_classes, hidden=hidden, depth=depth,
-                                 base_channels=base_channels, channel_mults=channel_mults,
-                                 num_res_blocks=num_res_blocks, dropout=dropout)  # validates every option
+        self.backbone = _backbone(data_shape, t_scale=_T_SCALE, num_classes=num_classes, hidden=hidden, depth=depth,
+                                  base_channels=base_channels, channel_mults=channel_mults,
+                                  num_res_blocks=num_res_blocks, dropout=dropout, arch=backbone,
+                                  dit_preset=dit_preset, patch_size=patch_size)  # validates every option
         self.config: dict[str, Any] = dict(
             data_shape=list(data_shape), num_classes=num_classes, sigma_data=self.sigma_data, hidden=hidden,
             depth=depth, base_channels=base_channels, channel_mults=list(channel_mults),
-            num_res_blocks=num_res_blocks, dropout=dropout)
+            num_res_blocks=num_res_blocks, dropout=dropout, backbone=backbone, dit_preset=dit_preset,
+            patch_size=patch_size)
 
     def forward(self, x: torch.Tensor, sigma: Any, y: torch.Tensor | None = None) -> torch.Tensor:
         """Denoise ``x (B, *data_shape)`` at levels ``sigma`` (``(B,)`` or a number) -> ``(B, *data_shape)``."""
@@ -115,20 +118,24 @@ class EDMDenoiser(nn.Module):
 
 def build(*, data_shape: tuple[int, ...], num_classes: int | None = None, sigma_data: float = 0.5,
           hidden: int = 256, depth: int = 3, base_channels: int = 32, channel_mults: tuple[int, ...] = (1, 2),
-          num_res_blocks: int = 1, dropout: float = 0.0) -> EDMDenoiser:
+          num_res_blocks: int = 1, dropout: float = 0.0, backbone: str = "auto", dit_preset: str | None = None,
+          patch_size: int | None = None) -> EDMDenoiser:
     """Build an :class:`EDMDenoiser` ``D(x, σ, y=None)`` for data of shape ``data_shape``.
 
     Args:
         data_shape: ``(D,)`` or ``(C, H, H)``. num_classes: labels for conditioning (``y=None`` = null label).
         sigma_data: ``σ_d > 0``, the data's standard deviation (0.5 in EDM for images in ``[-1, 1]``).
         hidden, depth: ResMLP width / blocks. base_channels, channel_mults, num_res_blocks, dropout: UNet options.
+        backbone, dit_preset, patch_size: the network ``F`` (``"auto"``, ``"mlp"``, ``"unet"`` or ``"dit"``), see
+            :func:`edifice.blocks.backbone`.
 
     Raises:
         ValueError / TypeError: naming the offending option.
     """
     return EDMDenoiser(data_shape=data_shape, num_classes=num_classes, sigma_data=sigma_data, hidden=hidden,
                        depth=depth, base_channels=base_channels, channel_mults=channel_mults,
-                       num_res_blocks=num_res_blocks, dropout=dropout)
+                       num_res_blocks=num_res_blocks, dropout=dropout, backbone=backbone, dit_preset=dit_preset,
+                       patch_size=patch_size)
 
 
 def sample_sigma(n: int, *, p_mean: float = -1.2, p_std: float = 1.2, generator: torch.Generator | None = None,

@@ -121,6 +121,9 @@ def build(
     base_channels: int = 32, channel_mults: tuple[int, ...] = (1, 2), num_res_blocks: int = 1,
     dropout: float = 0.0,
     time_features: str | None = None,
+    backbone: str = "auto",
+    dit_preset: str | None = None,
+    patch_size: int | None = None,
 ) -> ScoreNet:
     """Build a :class:`ScoreNet` over :func:`edifice.blocks.backbone` (ResMLP for ``(D,)``, UNet for images).
 
@@ -135,6 +138,8 @@ def build(
             sigma_min, sigma_max: VE parameters (both pairs are validated whatever the SDE).
         hidden, depth, base_channels, channel_mults, num_res_blocks, dropout: as for the backbone.
         time_features: ``None``, ``"sinusoidal"`` or ``"fourier"``.
+        backbone, dit_preset, patch_size: the network (``"auto"``, ``"mlp"``, ``"unet"`` or ``"dit"``), see
+            :func:`edifice.blocks.backbone`.
 
     Raises:
         ValueError / TypeError: naming the offending option.
@@ -147,7 +152,8 @@ def build(
     t_scale = 1.0 if features == "fourier" else 1000.0 / (math.log(sigma_max / sigma_min) if sde == "ve" else 1.0)
     net = ScoreNet(_backbone(data_shape, t_scale=t_scale, time_features=features, num_classes=num_classes,
                              hidden=hidden, depth=depth, base_channels=base_channels, channel_mults=channel_mults,
-                             num_res_blocks=num_res_blocks, dropout=dropout), the_sde)
+                             num_res_blocks=num_res_blocks, dropout=dropout, arch=backbone, dit_preset=dit_preset,
+                             patch_size=patch_size), the_sde)
     net.config = dict(data_shape=tuple(data_shape), num_classes=num_classes, sde=sde, beta_min=float(beta_min),
                       beta_max=float(beta_max), sigma_min=float(sigma_min), sigma_max=float(sigma_max),
                       hidden=hidden, depth=depth, base_channels=base_channels, channel_mults=tuple(channel_mults),

@@ -615,6 +615,30 @@ def _gan_sample(recipe, nets, shape, cond, s, sampler, steps, generator, device)
     return recipe.family().sample(nets, shape, generator=generator, cond=cond, device=device)
 
 
+def _dit_check(s: dict) -> None:
+    check_choice("schedule", s["schedule"], ("linear", "cosine", "sigmoid"))
+    check_int("T", s["T"], min=2)
+    check_float("eta", s["eta"], min=0.0)
+    check_float("vlb_weight", s["vlb_weight"], min=0.0)
+    if s["clip_x0"] is not None:
+        check_float("clip_x0", s["clip_x0"], min=0.0, min_open=True)
+
+
+def _dit_loss(recipe, net, x, cond, s, generator):
+    return recipe.family().loss(net, x, schedule=_schedule(s["schedule"], s["T"]), vlb_weight=s["vlb_weight"],
+                                generator=generator, cond=cond)
+
+
+def _dit_sample(recipe, net, shape, cond, s, sampler, steps, generator, device):
+    return recipe.family().sample(net, shape, steps=steps, sampler=sampler, schedule=_schedule(s["schedule"], s["T"]),
+                                  eta=s["eta"], clip_x0=s["clip_x0"], generator=generator, cond=cond, device=device)
+
+
+def _dit_data_defaults(data) -> dict[str, Any]:
+    """The small DiT presets by image size: ``tiny`` (patch 2) up to 16x16, ``small28`` (patch 4) above."""
+    return {"preset": "tiny" if data.data_shape[-1] <= 16 else "small28"}
+
+
 _COMMON = {"conditional": None, "label_dropout": 0.1}
 # Latent-variable models and GANs are unconditional unless asked (the cvae / cgan / acgan variants).
 _UNCOND = {"conditional": False, "label_dropout": 0.0}
@@ -766,6 +790,22 @@ RECIPES: dict[str, Recipe] = {
             "wgan": {"loss": "wasserstein", "n_critic": 5, "clip": 0.01},
             "wgan_gp": {"loss": "wasserstein", "n_critic": 5, "gp_weight": 10.0, "betas": [0.0, 0.9]},
         },
+    ),
+    "dit": Recipe(
+        name="dit",
+        module="edifice.generative.dit",
+        summary="Diffusion Transformer (Peebles & Xie 2023): patches, AdaLN-Zero, DDPM training, learned sigma",
+        guidable=True,
+        samplers={"ddpm": None, "ddim": 50},
+        default_sampler="ddpm",
+        settings={**_COMMON, "schedule": "linear", "T": 1000, "eta": 0.0, "clip_x0": 1.0, "vlb_weight": 0.001},
+        point_defaults={},
+        image_defaults={},
+        loss_fn=_dit_loss,
+        sample_fn=_dit_sample,
+        check_settings=_dit_check,
+        data_defaults=_dit_data_defaults,
+        variants={"learn_sigma": {"learn_sigma": True}},
     ),
 }
 
