@@ -27,6 +27,7 @@ _FAMILIES: dict[str, str] = {
     "vqvae": "edifice.generative.vqvae",
     "gan": "edifice.generative.gan",
     "dit": "edifice.generative.dit",
+    "latent_diffusion": "edifice.generative.latent_diffusion",
 }
 
 

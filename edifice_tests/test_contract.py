@@ -88,6 +88,22 @@ CASES.update({
     ],
 })
 
+CASES["dit"] = [
+    ("tiny", dict(data_shape=(1, 8, 8), hidden=32, depth=2, heads=4), (1, 8, 8), dict(steps=4), ("patch_size", 3)),
+    ("learn-sigma-class", dict(data_shape=(1, 8, 8), hidden=32, depth=1, heads=2, num_classes=3, learn_sigma=True),
+     (1, 8, 8), dict(steps=3), ("preset", "XXL/2")),
+    ("ddim", dict(data_shape=(2, 8, 8), hidden=16, depth=1, heads=2, patch_size=4), (2, 8, 8),
+     dict(steps=3, sampler="ddim", eta=0.5), ("heads", 0)),
+]
+
+CASES["latent_diffusion"] = [
+    ("kl-ddpm", dict(data_shape=(1, 8, 8), latent_channels=2, ae_channels=(8, 16), denoiser_hidden=16,
+                     denoiser_depth=1), (1, 8, 8), dict(steps=3, sampler="ddim"), ("latent_channels", 0)),
+    ("vq-flow-class", dict(data_shape=(1, 8, 8), latent_channels=2, ae_channels=(8, 16), denoiser_hidden=16,
+                           denoiser_depth=1, autoencoder="vqvae", codebook_size=8, objective="flow_matching",
+                           num_classes=3), (1, 8, 8), dict(steps=2), ("autoencoder", "gan")),
+]
+
 # Families trained by several objectives (one optimiser each); the rest are trained by `loss`.
 OBJECTIVES = {"gan": ("discriminator_objective", "generator_objective")}
 

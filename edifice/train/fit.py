@@ -267,6 +267,8 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
     x, y = data.train_batch(2, generator=torch.Generator().manual_seed(0))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for ph in phases:
+            if ph.start is not None:  # what the phase needs before its first loss (redone when it starts)
+                ph.start(recipe, nets, data, settings)
             recipe.loss(nets, x.to(device), None if y is None else y.to(device), options=options,
                         generator=_gen(device, 0), phase=ph)
     for m in modules.values():

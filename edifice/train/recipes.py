@@ -118,6 +118,8 @@ class Recipe:
             (images are dequantised before it is evaluated) or a probability mass over 256-level pixels.
         guidable: whether :meth:`sample` takes a classifier-free ``guidance_scale`` (one denoiser network
             called ``net(x, t, y=...)``).
+        guide_fn(nets, wrap) -> nets: where the guidance wrapper goes in a multi-network family (default:
+            ``wrap(nets)``, the single network).
         image_nll_n: test images :func:`edifice.train.evaluate` computes the NLL on by default (None: all of
             the evaluated ones; the ODE likelihoods cost hundreds of network calls per image, hence 64).
     """
@@ -141,6 +143,7 @@ class Recipe:
     likelihood_kind: Callable[[Mapping[str, Any]], str] = field(default=lambda options: "density")
     image_nll_n: int | None = 64
     guidable: bool = False
+    guide_fn: Callable[[Any, Callable[[Any], Any]], Any] | None = None
 
     # -- options -------------------------------------------------------------------------------
 
@@ -291,7 +294,10 @@ class Recipe:
         num_classes = options["build"].get("num_classes")
         if guidance_scale is not None:
             guidance = importlib.import_module("edifice.guidance")
-            nets = guidance.cfg(nets, guidance_scale, num_classes=num_classes, interval=guidance_interval)
+            def wrap(net):
+                return guidance.cfg(net, guidance_scale, num_classes=num_classes, interval=guidance_interval)
+
+            nets = wrap(nets) if self.guide_fn is None else self.guide_fn(nets, wrap)
         cond = {}
         if num_classes is not None:
             y = torch.full((n,), label, dtype=torch.long) if label is not None else torch.arange(n) % num_classes
@@ -639,6 +645,56 @@ def _dit_data_defaults(data) -> dict[str, Any]:
     return {"preset": "tiny" if data.data_shape[-1] <= 16 else "small28"}
 
 
+def _ldm_check(s: dict) -> None:
+    check_float("ae_fraction", s["ae_fraction"], min=0.0, max=1.0, max_open=True)
+    if s["kl_weight"] is not None:
+        check_float("kl_weight", s["kl_weight"], min=0.0)
+    if s["beta"] is not None:
+        check_float("beta", s["beta"], min=0.0)
+    check_int("scale_batch", s["scale_batch"], min=2)
+
+
+def _ldm_switch(s: Mapping[str, Any], steps: int) -> int:
+    """The step at which the autoencoder stops and the latent denoiser starts training."""
+    return int(s["ae_fraction"] * steps)
+
+
+def _ldm_ae_loss(recipe, nets, x, cond, s, generator):
+    return recipe.family().autoencoder_loss(nets, x, kl_weight=s["kl_weight"], beta=s["beta"], generator=generator)
+
+
+def _ldm_den_loss(recipe, nets, x, cond, s, generator):
+    return recipe.family().denoiser_loss(nets, x, generator=generator, cond=cond)
+
+
+def _ldm_start(recipe, nets, data, s) -> None:
+    """Rombach et al.'s latent scale ``1 / std(E(x))``, measured on a fixed batch when the denoiser starts."""
+    x, _ = data.train_batch(s["scale_batch"], generator=torch.Generator().manual_seed(0))
+    device = next(nets.encoder.parameters()).device
+    was_training = nets.encoder.training
+    nets.encoder.eval()
+    with torch.no_grad():
+        recipe.family().estimate_latent_scale(nets, x.to(device))
+    nets.encoder.train(was_training)
+
+
+def _ldm_sample(recipe, nets, shape, cond, s, sampler, steps, generator, device):
+    return recipe.family().sample(nets, shape, steps=steps, sampler=None if sampler == "auto" else sampler,
+                                  generator=generator, cond=cond, device=device)
+
+
+def _ldm_guide(nets, wrap):
+    return nets._replace(denoiser=wrap(nets.denoiser))
+
+
+def _ldm_eval(recipe, nets, x, y, options, generator) -> dict[str, Any]:
+    """The autoencoder's reconstruction error and the latent scale."""
+    fam = recipe.family()
+    rec = fam.decode(nets, fam.encode(nets, x))
+    return {"recon_mse": float((rec.float() - x.float()).square().mean()),
+            "latent_scale": float(nets.denoiser.latent_scale)}
+
+
 _COMMON = {"conditional": None, "label_dropout": 0.1}
 # Latent-variable models and GANs are unconditional unless asked (the cvae / cgan / acgan variants).
 _UNCOND = {"conditional": False, "label_dropout": 0.0}
@@ -806,6 +862,29 @@ RECIPES: dict[str, Recipe] = {
         check_settings=_dit_check,
         data_defaults=_dit_data_defaults,
         variants={"learn_sigma": {"learn_sigma": True}},
+    ),
+    "latent_diffusion": Recipe(
+        name="latent_diffusion",
+        module="edifice.generative.latent_diffusion",
+        summary="latent diffusion (Rombach et al. 2022): KL or VQ autoencoder, then DDPM / flow matching on latents",
+        guidable=True,
+        guide_fn=_ldm_guide,
+        samplers={"auto": None, "ddpm": None, "ddim": 50, "euler": 20, "heun": 10},
+        default_sampler="auto",
+        settings={**_COMMON, "ae_fraction": 0.5, "kl_weight": None, "beta": None, "scale_batch": 1024},
+        point_defaults={},
+        image_defaults={},
+        loss_fn=_ldm_ae_loss,
+        sample_fn=_ldm_sample,
+        check_settings=_ldm_check,
+        phases=(
+            Phase(name="autoencoder", modules=("encoder", "decoder"), loss_fn=_ldm_ae_loss,
+                  active=lambda s, step, steps: step < _ldm_switch(s, steps)),
+            Phase(name="denoiser", modules=("denoiser",), loss_fn=_ldm_den_loss,
+                  active=lambda s, step, steps: step >= _ldm_switch(s, steps), start=_ldm_start),
+        ),
+        variants={"vq": {"autoencoder": "vqvae"}, "flow": {"objective": "flow_matching"}},
+        eval_fn=_ldm_eval,
     ),
 }
 
