@@ -14,6 +14,7 @@ import traceback
 
 import common
 import gan_losses
+import guidance_digits
 import likelihood_cost
 import main_job
 import sampler_overhead
@@ -35,6 +36,7 @@ BENCHMARKS = {
     "vqvae_digits": vqvae_digits.main,
     "vae_mnist": vae_mnist.main,
     "gan_losses": gan_losses.main,
+    "guidance_digits": guidance_digits.main,
 }
 
 

@@ -23,7 +23,7 @@ BENCH = ROOT / "benchmarks"
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 MACHINE_KEYS = {"date", "python", "torch", "threads", "cpu_count", "device"}
 NAMES = ["sampler_overhead", "train_throughput", "main_job", "sampler_overhead_score", "score_nll", "sampler_quality",
-         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses"]
+         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses", "guidance_digits"]
 
 
 def _positive(value, what: str) -> None:
@@ -194,3 +194,11 @@ def test_gan_losses(results):
     for row in r["rows"]:
         assert all(0 <= m <= 8 for m in row["modes"]) and 0 <= row["high_quality"] <= 1
         _positive(row["w2"], f"gan_losses {row['loss']} w2")
+
+
+def test_guidance_digits(results):
+    rows = results["guidance_digits"]["rows"]
+    assert {r["scale"] for r in rows} >= {0, 1}
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and 0 < r["classifier_test_accuracy"] <= 1
+        _positive(r["sample_s"], "guidance_digits sample_s")
