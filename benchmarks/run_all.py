@@ -13,6 +13,7 @@ import time
 import traceback
 
 import common
+import dit_throughput
 import gan_losses
 import guidance_digits
 import likelihood_cost
@@ -37,6 +38,7 @@ BENCHMARKS = {
     "vae_mnist": vae_mnist.main,
     "gan_losses": gan_losses.main,
     "guidance_digits": guidance_digits.main,
+    "dit_throughput": dit_throughput.main,
 }
 
 

@@ -23,7 +23,7 @@ BENCH = ROOT / "benchmarks"
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 MACHINE_KEYS = {"date", "python", "torch", "threads", "cpu_count", "device"}
 NAMES = ["sampler_overhead", "train_throughput", "main_job", "sampler_overhead_score", "score_nll", "sampler_quality",
-         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses", "guidance_digits"]
+         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses", "guidance_digits", "dit_throughput"]
 
 
 def _positive(value, what: str) -> None:
@@ -202,3 +202,10 @@ def test_guidance_digits(results):
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and 0 < r["classifier_test_accuracy"] <= 1
         _positive(r["sample_s"], "guidance_digits sample_s")
+
+
+def test_dit_throughput(results):
+    rows = {r["model"]: r for r in results["dit_throughput"]["rows"]}
+    assert set(rows) == {"edifice", "diffusers"}
+    for r in rows.values():
+        _positive(r["params"], "dit_throughput params")
