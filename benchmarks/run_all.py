@@ -16,6 +16,7 @@ import common
 import dit_throughput
 import gan_losses
 import guidance_digits
+import latent_vs_pixel
 import likelihood_cost
 import main_job
 import sampler_overhead
@@ -39,6 +40,7 @@ BENCHMARKS = {
     "gan_losses": gan_losses.main,
     "guidance_digits": guidance_digits.main,
     "dit_throughput": dit_throughput.main,
+    "latent_vs_pixel": latent_vs_pixel.main,
 }
 
 

@@ -23,7 +23,7 @@ BENCH = ROOT / "benchmarks"
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 MACHINE_KEYS = {"date", "python", "torch", "threads", "cpu_count", "device"}
 NAMES = ["sampler_overhead", "train_throughput", "main_job", "sampler_overhead_score", "score_nll", "sampler_quality",
-         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses", "guidance_digits", "dit_throughput"]
+         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses", "guidance_digits", "dit_throughput", "latent_vs_pixel"]
 
 
 def _positive(value, what: str) -> None:
@@ -209,3 +209,12 @@ def test_dit_throughput(results):
     assert set(rows) == {"edifice", "diffusers"}
     for r in rows.values():
         _positive(r["params"], "dit_throughput params")
+
+
+def test_latent_vs_pixel(results):
+    rows = results["latent_vs_pixel"]["rows"]
+    assert {"real", "pixel", "latent"} <= {r["model"] for r in rows}
+    for r in rows:
+        _positive(r["pixel_mmd"] + 1e-12, "latent_vs_pixel pixel_mmd")
+        if r["model"] != "real":
+            _positive(r["steps_per_s"], "latent_vs_pixel steps_per_s")
