@@ -175,6 +175,26 @@ def machine_line(info: Mapping[str, Any]) -> str:
             f"load average (1 min) at the end: {info.get('loadavg_1m')}_")
 
 
+def data_sets(settings: dict[str, dict[str, Any]], *, no_mnist: bool, override: tuple[str, Any] | None = None) -> list[str]:
+    """Drop ``"mnist"`` from ``settings`` (per data set) when asked or absent; apply ``override = (key, value)``
+    (e.g. a ``--steps`` given on the command line) to every data set. Returns notes for the report."""
+    from edifice.data import load
+
+    notes = []
+    if "mnist" in settings and not no_mnist:
+        try:
+            load("mnist")
+        except FileNotFoundError:
+            notes.append("MNIST not found (../shared/data/mnist.npz): skipped.")
+            del settings["mnist"]
+    elif "mnist" in settings:
+        del settings["mnist"]
+    if override is not None and override[1] is not None:
+        for t in settings.values():
+            t[override[0]] = override[1]
+    return notes
+
+
 def write_json(name: str, payload: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
     """Write ``payload`` to ``<out_dir>/<name>.json`` atomically and return the path."""
     out = Path(out_dir)

@@ -143,21 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-mnist", action="store_true", help="skip MNIST even when it is present")
     args = p.parse_args(argv)
     device = common.setup(args)
-    from edifice.data import load
-
     settings = _settings(args.quick)
-    notes = []
-    if "mnist" in settings and not args.no_mnist:
-        try:
-            load("mnist")
-        except FileNotFoundError:
-            notes.append("MNIST not found (../shared/data/mnist.npz): skipped.")
-            del settings["mnist"]
-    elif "mnist" in settings:
-        del settings["mnist"]
-    if args.steps is not None:
-        for t in settings.values():
-            t["steps"] = args.steps
+    notes = common.data_sets(settings, no_mnist=args.no_mnist, override=("steps", args.steps))
 
     start = time.perf_counter()
     rows = []
