@@ -28,6 +28,7 @@ _FAMILIES: dict[str, str] = {
     "gan": "edifice.generative.gan",
     "dit": "edifice.generative.dit",
     "latent_diffusion": "edifice.generative.latent_diffusion",
+    "flow": "edifice.generative.normalizing_flow",
 }
 
 

@@ -695,6 +695,20 @@ def _ldm_eval(recipe, nets, x, y, options, generator) -> dict[str, Any]:
             "latent_scale": float(nets.denoiser.latent_scale)}
 
 
+def _flow_loss(recipe, net, x, cond, s, generator):
+    return recipe.family().loss(net, x, generator=generator)
+
+
+def _flow_sample(recipe, net, shape, cond, s, sampler, steps, generator, device):
+    return recipe.family().sample(net, shape, generator=generator, device=device)
+
+
+def _flow_log_prob(recipe, net, x, cond, s, generator):
+    return recipe.family().log_prob(net, x)
+
+
+_FLOW_KINDS = ("realnvp", "nice", "glow", "maf", "iaf", "nsf", "planar", "radial", "ffjord")
+
 _COMMON = {"conditional": None, "label_dropout": 0.1}
 # Latent-variable models and GANs are unconditional unless asked (the cvae / cgan / acgan variants).
 _UNCOND = {"conditional": False, "label_dropout": 0.0}
@@ -885,6 +899,20 @@ RECIPES: dict[str, Recipe] = {
         ),
         variants={"vq": {"autoencoder": "vqvae"}, "flow": {"objective": "flow_matching"}},
         eval_fn=_ldm_eval,
+    ),
+    "flow": Recipe(
+        name="flow",
+        module="edifice.generative.normalizing_flow",
+        summary="normalizing flows: RealNVP, NICE, Glow, MAF, IAF, NSF, planar, radial, FFJORD; exact likelihood",
+        samplers={"exact": None},
+        default_sampler="exact",
+        settings=dict(_UNCOND),
+        point_defaults={"kind": "realnvp", "blocks": 6, "hidden": 64},
+        image_defaults={"kind": "realnvp", "blocks": 4, "hidden": 64},
+        loss_fn=_flow_loss,
+        sample_fn=_flow_sample,
+        log_prob_fn=_flow_log_prob,
+        variants={kind: {"kind": kind} for kind in _FLOW_KINDS},
     ),
 }
 
