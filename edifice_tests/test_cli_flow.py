@@ -49,3 +49,23 @@ def test_bad_arguments_exit_2(tmp_path, capsys, argv, needle):
     assert _run(*argv, "--steps", 1, "--out", out, "--no-progress") == 2
     assert needle in capsys.readouterr().err
     assert not (out / "checkpoint.json").exists()
+
+
+def test_ffjord_regularisers_reach_the_loss_and_the_log(tmp_path):
+    import torch
+
+    from edifice.generative import normalizing_flow as nf
+    from edifice.train import fit
+    from edifice.train.fit import read_log
+
+    flow = nf.build(data_shape=(2,), kind="ffjord", hidden=8, ode_steps=2, kinetic=0.5, jacobian_norm=0.5,
+                    ode_divergence="hutchinson")
+    g = torch.Generator().manual_seed(0)
+    loss, logs = nf.loss(flow, torch.randn(16, 2, generator=g), generator=torch.Generator().manual_seed(1))
+    assert float(logs["regularization"]) > 0 and float(loss) == pytest.approx(float(logs["nll"] + logs["regularization"]))
+    again, _ = nf.loss(flow, torch.randn(16, 2, generator=torch.Generator().manual_seed(0)),
+                       generator=torch.Generator().manual_seed(1))
+    assert torch.equal(loss, again)  # the Hutchinson probes come from the generator
+    fit("flow", "moons", steps=2, batch_size=16, out=tmp_path / "r", progress=False, plots=False, log_every=1,
+        options={"variant": "ffjord", "hidden": 8, "ode_steps": 2, "kinetic": 0.1})
+    assert "regularization" in read_log(tmp_path / "r")[-1]

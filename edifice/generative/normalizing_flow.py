@@ -63,6 +63,10 @@ def build(
     scales: int = 2,
     ode_method: str = "rk4",
     ode_steps: int = 8,
+    ode_divergence: str = "exact",
+    adjoint: bool = False,
+    kinetic: float = 0.0,
+    jacobian_norm: float = 0.0,
     num_classes: int | None = None,
 ) -> _base.Flow:
     """Build a flow of kind ``kind`` for data of shape ``data_shape``.
@@ -75,6 +79,9 @@ def build(
         hidden, depth: width and depth of every conditioner network (or of FFJORD's field).
         bins: spline bins (``nsf``). scales: RealNVP scales / Glow levels for images.
         ode_method, ode_steps: FFJORD's solver (fixed-step methods take ``ode_steps`` steps).
+        ode_divergence: FFJORD's trace, ``"exact"`` (D backward passes; small D) or ``"hutchinson"`` (one probe).
+        adjoint: FFJORD gradients by the adjoint method (memory O(1) in the solver steps).
+        kinetic, jacobian_norm: FFJORD's RNODE regularisers (Finlay et al. 2020), added to :func:`loss`.
         num_classes: must be None: conditional flows are not part of this version.
 
     Raises:
@@ -112,7 +119,8 @@ def build(
         return autoregressive.planar(data_shape, layers=blocks)
     if kind == "radial":
         return autoregressive.radial(data_shape, layers=blocks)
-    return cnf.ffjord(data_shape, hidden=hidden, depth=depth, method=ode_method, steps=ode_steps)
+    return cnf.ffjord(data_shape, hidden=hidden, depth=depth, method=ode_method, steps=ode_steps,
+                      divergence=ode_divergence, adjoint=adjoint, kinetic=kinetic, jacobian_norm=jacobian_norm)
 
 
 def _check_flow(flow: Any) -> _base.Flow:
@@ -158,8 +166,25 @@ def loss(
         raise ValueError(f"cond must be empty: conditional flows are not supported yet, got keys {sorted(cond)}")
     if x.ndim == 4:
         x = dequantize(x, generator=generator)
+    for t in flow.transforms:
+        if hasattr(t, "generator") and hasattr(t, "last_regularization"):
+            t.generator = generator  # FFJORD's Hutchinson / Jacobian-norm probes draw from the loss's generator
     nll = -flow.log_prob(x).mean()
-    return nll, {"loss": nll.detach(), "nll": nll.detach()}
+    logs = {"loss": nll.detach(), "nll": nll.detach()}
+    regs = []
+    for t in flow.transforms:
+        if hasattr(t, "last_regularization") and hasattr(t, "generator"):
+            t.generator = None  # keep the modules free of per-call state (they are deep-copied for the EMA)
+            r = t.last_regularization
+            if r is not None and r.requires_grad:
+                regs.append(r)
+                t.last_regularization = r.detach()
+    loss = nll
+    if regs:  # FFJORD with RNODE regularisers (kinetic energy, Jacobian norm)
+        reg = torch.stack([r.mean() for r in regs]).sum()
+        loss = nll + reg
+        logs.update(loss=loss.detach(), regularization=reg.detach())
+    return loss, logs
 
 
 def log_prob(flow: _base.Flow, x: torch.Tensor, *, cond: Mapping[str, Any] | None = None,
