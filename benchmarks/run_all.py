@@ -14,6 +14,7 @@ import traceback
 
 import common
 import dit_throughput
+import flows_nll
 import gan_losses
 import guidance_digits
 import latent_vs_pixel
@@ -41,6 +42,7 @@ BENCHMARKS = {
     "guidance_digits": guidance_digits.main,
     "dit_throughput": dit_throughput.main,
     "latent_vs_pixel": latent_vs_pixel.main,
+    "flows_nll": flows_nll.main,
 }
 
 

@@ -23,7 +23,7 @@ BENCH = ROOT / "benchmarks"
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 MACHINE_KEYS = {"date", "python", "torch", "threads", "cpu_count", "device"}
 NAMES = ["sampler_overhead", "train_throughput", "main_job", "sampler_overhead_score", "score_nll", "sampler_quality",
-         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses", "guidance_digits", "dit_throughput", "latent_vs_pixel"]
+         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses", "guidance_digits", "dit_throughput", "latent_vs_pixel", "flows_nll"]
 
 
 def _positive(value, what: str) -> None:
@@ -220,3 +220,10 @@ def test_latent_vs_pixel(results):
         if r["model"] in ("pixel", "latent"):
             _positive(r["steps_per_s"], "latent_vs_pixel steps_per_s")
             _positive(r["sample_s_per_image"], "latent_vs_pixel sample_s_per_image")
+
+
+def test_flows_nll(results):
+    rows = [r for r in results["flows_nll"]["rows"] if r.get("library") in ("edifice", "zuko")]
+    assert {r["kind"] for r in rows if r["library"] == "edifice"} >= {"realnvp", "nsf", "maf", "ffjord"}
+    for r in rows:
+        assert math.isfinite(r["nll"])
