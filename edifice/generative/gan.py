@@ -714,6 +714,21 @@ def _check_weights(**weights: Any) -> dict[str, float]:
     return {k: check_float(k, v, min=0.0) for k, v in weights.items()}
 
 
+def _head_terms(d: Any, class_aux: list, fake_aux: dict, y: Any, c: Any, w: dict, logs: dict) -> Any:
+    """The auxiliary heads' weighted losses: ACGAN's class cross-entropy summed over the ``class_aux``
+    batches, InfoGAN's code loss on the fakes. Writes ``aux`` / ``info`` into ``logs``; 0 without heads."""
+    total = 0.0
+    if d.class_head is not None:
+        aux = sum(_class_ce(a["class"], y, d.num_classes) for a in class_aux)
+        total = total + w["aux_weight"] * aux
+        logs["aux"] = aux.detach()
+    if d.q_head is not None:
+        info = info_loss(fake_aux, c)
+        total = total + w["info_weight"] * info
+        logs["info"] = info.detach()
+    return total
+
+
 def discriminator_objective(
     nets: Any,
     x: torch.Tensor,
@@ -775,17 +790,11 @@ def discriminator_objective(
         r1 = r1_penalty(d, x, cond=dcond)
         loss = loss + 0.5 * w["r1_weight"] * r1
         logs["r1"] = r1.detach()
+    loss = loss + _head_terms(d, [real_aux, fake_aux], fake_aux, y, lat["c"], w, logs)
     if d.class_head is not None:
-        aux = _class_ce(real_aux["class"], y, d.num_classes) + _class_ce(fake_aux["class"], y, d.num_classes)
-        loss = loss + w["aux_weight"] * aux
-        logs["aux"] = aux.detach()
         keep = y < d.num_classes
         hit = (real_aux["class"].detach().argmax(dim=1) == y) & keep
         logs["aux_acc"] = hit.sum().to(x.dtype) / keep.sum().clamp(min=1).to(x.dtype)
-    if d.q_head is not None:
-        info = info_loss(fake_aux, lat["c"])
-        loss = loss + w["info_weight"] * info
-        logs["info"] = info.detach()
     logs["loss"] = loss.detach()
     return loss, logs
 
@@ -834,14 +843,7 @@ def generator_objective(
     fake = g(lat["z"], y, lat["c"])  # (B, *data_shape)
     logits, aux = d.forward_aux(fake, y)
     loss, logs = generator_loss(logits, kind=kind)
-    if d.class_head is not None:
-        aux_loss = _class_ce(aux["class"], y, d.num_classes)
-        loss = loss + w["aux_weight"] * aux_loss
-        logs["aux"] = aux_loss.detach()
-    if d.q_head is not None:
-        info = info_loss(aux, lat["c"])
-        loss = loss + w["info_weight"] * info
-        logs["info"] = info.detach()
+    loss = loss + _head_terms(d, [aux], aux, y, lat["c"], w, logs)
     logs["loss"] = loss.detach()
     return loss, logs
 

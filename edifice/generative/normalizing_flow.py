@@ -191,8 +191,7 @@ def log_prob(flow: _base.Flow, x: torch.Tensor, *, cond: Mapping[str, Any] | Non
              generator: torch.Generator | None = None) -> torch.Tensor:
     """Exact ``log p(x)`` ``(B,)`` in nats, a density in model space (no dequantisation here)."""
     flow = _check_flow(flow)
-    with torch.no_grad() if not torch.is_grad_enabled() else torch.enable_grad():
-        return flow.log_prob(_check_x(flow, x))
+    return flow.log_prob(_check_x(flow, x))
 
 
 def sample(
