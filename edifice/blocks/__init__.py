@@ -9,10 +9,12 @@ from edifice.blocks.embedding import LabelEmbedding, TimestepEmbedding, conditio
 from edifice.blocks.mlp import ACTIVATIONS, MLP, ResMLP
 from edifice.blocks.unet import UNet
 from edifice.blocks.backbone import backbone
+from edifice.blocks.two_time import TwoTimeNet
 from edifice.blocks.conv import ConvDecoder, ConvEncoder, ResidualBlock
 from edifice.blocks.transformer import DIT_PRESETS, DiT, DiTBlock, FinalLayer, dit_preset, patchify, sincos_pos_embed_2d, unpatchify
 
 __all__ = [
+    "TwoTimeNet",
     "sinusoidal_embedding", "TimestepEmbedding", "LabelEmbedding", "condition_vector",
     "modulate", "AdaLNZero",
     "SelfAttention", "CrossAttention",

@@ -191,8 +191,9 @@ def condition_vector(
     label_embed: LabelEmbedding | None,
     t: torch.Tensor,
     y: torch.Tensor | None,
+    emb: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sum the time and label embeddings into one conditioning vector ``c`` of shape ``(B, D)``.
+    """Sum the time and label embeddings (and ``emb``) into one conditioning vector ``c`` of shape ``(B, D)``.
 
     ``y=None`` with a label table means the null label (unconditional); a ``y`` given to a network
     built without labels is an error rather than being silently ignored.
@@ -202,11 +203,16 @@ def condition_vector(
         label_embed: embeds ``y``, or ``None`` for an unconditional network.
         t: times, shape ``(B,)``.
         y: labels, shape ``(B,)`` long, or ``None``.
+        emb: an extra ``(B, D)`` embedding to add (a second time, as in shortcut models and MeanFlow), or None.
 
     Raises:
-        ValueError: if ``y`` is given without a label table, or its batch does not match ``t``.
+        ValueError: if ``y`` is given without a label table, or its batch does not match ``t``, or ``emb`` is
+            not ``(B, D)``.
     """
     c = time_embed(t)  # (B, D)
+    if emb is not None:
+        check_tensor("emb", emb, shape=tuple(c.shape), floating=True)
+        c = c + emb.to(c.dtype)  # (B, D)
     if label_embed is None:
         if y is not None:
             raise ValueError("y was given but the network was built with num_classes=None (unconditional)")

@@ -172,13 +172,16 @@ class ResMLP(nn.Module):
         self.blocks = nn.ModuleList(ResMLPBlock(hidden, time_dim, dropout) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, data_dim))
 
-    def forward(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None, *,
+                emb: torch.Tensor | None = None) -> torch.Tensor:
         """Evaluate the network.
 
         Args:
             x: ``(B, data_dim)``.
             t: ``(B,)`` times (a python number or 0-dim tensor is broadcast to the batch).
             y: ``(B,)`` long labels in ``[0, num_classes]`` (``num_classes`` = null label) or ``None``.
+            emb: ``(B, time_dim)`` extra conditioning added to ``c`` (e.g. a second time, see
+                :class:`~edifice.blocks.TwoTimeNet`), or None.
 
         Returns:
             ``(B, data_dim)``.
@@ -189,7 +192,7 @@ class ResMLP(nn.Module):
         """
         check_tensor("x", x, shape=(None, self.data_dim), floating=True)
         t = batch_time(t, x)  # (B,)
-        c = condition_vector(self.time_embed, self.label_embed, t, y)  # (B, time_dim)
+        c = condition_vector(self.time_embed, self.label_embed, t, y, emb)  # (B, time_dim)
         h = self.inp(x)  # (B, hidden)
         for block in self.blocks:
             h = block(h, c)

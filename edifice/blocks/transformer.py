@@ -347,12 +347,14 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None, *,
+                emb: torch.Tensor | None = None) -> torch.Tensor:
         """Evaluate the network.
 
         Args:
             x: ``(B, C, H, W)``. t: ``(B,)`` times (a number or 0-dim tensor is broadcast).
             y: ``(B,)`` long labels in ``[0, num_classes]`` (``num_classes`` = null label) or ``None``.
+            emb: ``(B, hidden)`` extra conditioning added to the time embedding, or None.
 
         Returns:
             ``(B, C, H, W)``, or ``(B, 2C, H, W)`` with ``learn_sigma``.
@@ -363,7 +365,7 @@ class DiT(nn.Module):
         """
         check_tensor("x", x, shape=(None, *self.data_shape), floating=True)
         t = batch_time(t, x)  # (B,)
-        c = condition_vector(self.time_embed, self.label_embed, t, y)  # (B, D)
+        c = condition_vector(self.time_embed, self.label_embed, t, y, emb)  # (B, D)
         h = self.x_embed(patchify(x, self.patch_size)) + self.pos_embed.to(x.dtype)  # (B, N, D)
         for block in self.blocks:
             h = block(h, c)  # (B, N, D)

@@ -278,13 +278,15 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None, *,
+                emb: torch.Tensor | None = None) -> torch.Tensor:
         """Evaluate the network.
 
         Args:
             x: ``(B, in_channels, image_size, image_size)``.
             t: ``(B,)`` times (a python number or 0-dim tensor is broadcast to the batch).
             y: ``(B,)`` long labels in ``[0, num_classes]`` (``num_classes`` = null label) or ``None``.
+            emb: ``(B, 4 base_channels)`` extra conditioning added to the time embedding, or None.
 
         Returns:
             ``(B, out_channels, image_size, image_size)``.
@@ -296,7 +298,7 @@ class UNet(nn.Module):
         s = self.image_size
         check_tensor("x", x, shape=(None, self.in_channels, s, s), floating=True)
         t = batch_time(t, x)  # (B,)
-        c = condition_vector(self.time_embed, self.label_embed, t, y)  # (B, 4*base)
+        c = condition_vector(self.time_embed, self.label_embed, t, y, emb)  # (B, 4*base)
         h = self.conv_in(x)  # (B, base, H, W)
         hs = [h]
         for stage in self.down:
