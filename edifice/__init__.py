@@ -29,6 +29,7 @@ _FAMILIES: dict[str, str] = {
     "dit": "edifice.generative.dit",
     "latent_diffusion": "edifice.generative.latent_diffusion",
     "flow": "edifice.generative.normalizing_flow",
+    "rectified_flow": "edifice.generative.rectified_flow",
 }
 
 

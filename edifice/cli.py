@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backbone", default=None,
                    help="network of the diffusion and flow families: unet, dit (or mlp for vectors; default: "
                         "by data shape); the same as --option backbone=...")
+    t.add_argument("--teacher", default=None, metavar="RUN",
+                   help="run folder of the teacher (consistency distillation from edm / ddpm, rectified_flow reflow "
+                        "or distillation from flow_matching / rectified_flow, progressive_distillation from ddpm)")
     t.add_argument("--variant", default=None,
                    help="a named preset of the family (e.g. vae: beta_vae, iwae, cvae, hvae; gan: dcgan, wgan_gp, ...; "
                         "see `edifice list`); --option values override it")
@@ -224,13 +227,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise _ArgError(f"--sde {args.sde} contradicts --option sde={options['sde']}")
         options["sde"] = args.sde
     for flag, key, value in (("--class-cond", "conditional", True if args.class_cond else None),
-                             ("--p-uncond", "label_dropout", args.p_uncond), ("--backbone", "backbone", args.backbone)):
+                             ("--p-uncond", "label_dropout", args.p_uncond), ("--backbone", "backbone", args.backbone),
+                             ("--teacher", "teacher", args.teacher)):
         if value is None:
             continue
         if key in options and options[key] != value:
             raise _ArgError(f"{flag} contradicts --option {key}={options[key]}")
         if key == "backbone" and "backbone" not in RECIPES[args.family].build_keys():
             raise _ArgError(f"--backbone is an option of the diffusion and flow families, not of {args.family!r}")
+        if key == "teacher" and not RECIPES[args.family].teachers:
+            raise _ArgError(f"--teacher is an option of the distillation families, not of {args.family!r}")
         options[key] = value
     if args.variant is not None:
         if "variant" in options and options["variant"] != args.variant:

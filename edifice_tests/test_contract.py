@@ -112,8 +112,46 @@ CASES["flow"] = [
     ("ffjord", dict(data_shape=(2,), kind="ffjord", hidden=8, ode_steps=2), (2,), dict(), ("ode_method", "rk45")),
 ]
 
+_V = dict(data_shape=(2,), hidden=32, depth=2)
+_IMG = dict(data_shape=(1, 8, 8), base_channels=8, channel_mults=(1, 2))
+CASES.update({
+    "consistency": [
+        ("vector", _V, (2,), dict(steps=1), ("sigma_data", 0.0)),
+        ("multistep-class", dict(_V, num_classes=3), (2,), dict(steps=3), ("sigma_min", 100.0)),
+        ("image", _IMG, (1, 8, 8), dict(steps=2), ("base_channels", 0)),
+    ],
+    "rectified_flow": [
+        ("vector", _V, (2,), dict(steps=1), ("hidden", 0)),
+        ("image-class", dict(_IMG, num_classes=3), (1, 8, 8), dict(steps=2, method="heun"), ("num_classes", 0)),
+    ],
+    "interpolant": [
+        ("vector", _V, (2,), dict(steps=4), ("depth", 0)),
+        ("trig-sde", dict(_V, num_classes=3), (2,),
+         dict(steps=4, method="sde", kind="trig", gamma_scale=1.0, objective="denoiser"), ("dropout", 1.5)),
+        ("image", _IMG, (1, 8, 8), dict(steps=2), ("channel_mults", ())),
+    ],
+    "shortcut": [
+        ("vector", _V, (2,), dict(steps=1), ("max_steps", 3)),
+        ("image-class", dict(_IMG, num_classes=3), (1, 8, 8), dict(steps=2), ("base_channels", 0)),
+    ],
+    "meanflow": [
+        ("vector", _V, (2,), dict(steps=1), ("hidden", 0)),
+        ("class-2step", dict(_V, num_classes=3), (2,), dict(steps=2), ("num_classes", 0)),
+        ("image", _IMG, (1, 8, 8), dict(steps=1), ("channel_mults", ())),
+    ],
+    "progressive_distillation": [
+        ("vector", _V, (2,), dict(steps=2, target="v"), ("hidden", 0)),
+        ("image", _IMG, (1, 8, 8), dict(steps=1, target="v"), ("base_channels", 0)),
+    ],
+})
+
 # Families whose network is not a denoiser net(x, t, **cond) (the round-trip test then compares samples only).
-NOT_DENOISERS = {"flow"}
+NOT_DENOISERS = {"flow", "shortcut", "meanflow"}
+
+# Extra keyword arguments of a family's loss in this test (a teacher network for distillation families).
+LOSS_KWARGS = {
+    "progressive_distillation": lambda opts: dict(teacher=_fresh("ddpm", opts, seed=5), student_steps=2, target="v"),
+}
 
 # Families trained by several objectives (one optimiser each); the rest are trained by `loss`.
 OBJECTIVES = {"gan": ("discriminator_objective", "generator_objective")}
@@ -179,8 +217,9 @@ def test_loss_is_finite_and_reaches_every_parameter(name, case, opts, shape, skw
     _perturb(nets)
     g = torch.Generator().manual_seed(1)
     x = torch.randn((16, *shape), generator=g).clamp(-1, 1)
+    extra = LOSS_KWARGS[name](opts) if name in LOSS_KWARGS else {}
     for objective in OBJECTIVES.get(name, ("loss",)):
-        loss, logs = getattr(fam, objective)(nets, x, generator=g, cond=_cond(opts, 16, g))
+        loss, logs = getattr(fam, objective)(nets, x, generator=g, cond=_cond(opts, 16, g), **extra)
         assert loss.ndim == 0 and torch.isfinite(loss), objective
         assert isinstance(logs, dict) and all(not v.requires_grad for v in logs.values())
         loss.backward()

@@ -78,7 +78,7 @@ def sample_run(
     seed = check_int("seed", seed, min=0)
     config = ckpt.read_meta(run_dir)
     recipe = get_recipe(config["family"])
-    sampler, steps = recipe.check_sampler(sampler, steps)
+    sampler, steps = recipe.check_sampler(sampler, steps, config["options"])
     recipe.check_label(config["options"], label)
     recipe.check_guidance(config["options"], guidance_scale)
     device = _device(device)

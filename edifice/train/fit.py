@@ -364,7 +364,8 @@ def _fit(recipe, data, config, info, *, steps, run_dir, log_every, ckpt_every, r
                         x, y = data.train_batch(per_rank, generator=g_data)
                         x = x.to(device, non_blocking=True)
                         y = None if y is None else y.to(device, non_blocking=True)
-                        loss, logs = recipe.loss(train_nets, x, y, options=options, phase=ph,
+                        loss, logs = recipe.loss(train_nets, x, y, options=options, phase=ph, step=step,
+                                                 total_steps=steps,
                                                  generator=_gen(device, step_seed(seed, step, info.rank, f"1{sub}")))
                         opt.zero_grad(set_to_none=True)
                         loss.backward()

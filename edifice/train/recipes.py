@@ -122,6 +122,17 @@ class Recipe:
             ``wrap(nets)``, the single network).
         image_nll_n: test images :func:`edifice.train.evaluate` computes the NLL on by default (None: all of
             the evaluated ones; the ODE likelihoods cost hundreds of network calls per image, hence 64).
+        teachers: families whose runs may serve as this family's ``teacher`` option (a run folder; see
+            :mod:`edifice.train.teachers`); empty: the family takes no teacher.
+        teacher_defaults(teacher) -> dict: defaults (build options or settings) taken from the teacher run
+            (``teacher`` as recorded in ``options["teacher"]``), e.g. the student's architecture; the user's
+            options override them.
+        build_fn(recipe, options) -> nets: how the networks are built (default: the family's ``build`` on
+            ``options["build"]``), e.g. a student with its frozen teacher.
+        steps_setting: the setting that gives a sampler's steps when its default is None (progressive
+            distillation's ``student_steps``).
+        uses_step: the loss reads the training progress (consistency training's step curriculum): the fit
+            loop then passes ``settings["_step"]`` and ``settings["_total_steps"]``.
     """
 
     name: str
@@ -144,6 +155,11 @@ class Recipe:
     image_nll_n: int | None = 64
     guidable: bool = False
     guide_fn: Callable[[Any, Callable[[Any], Any]], Any] | None = None
+    teachers: tuple[str, ...] = ()
+    teacher_defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    build_fn: Callable[..., Any] | None = None
+    uses_step: bool = False
+    steps_setting: str | None = None
 
     # -- options -------------------------------------------------------------------------------
 
@@ -168,10 +184,20 @@ class Recipe:
         """
         user = dict(user_options or {})
         variant = user.pop("variant", None)
+        teacher_path = user.pop("teacher", None)
+        teacher = None
+        if teacher_path is not None:
+            if not self.teachers:
+                raise ValueError(f"family {self.name!r} takes no teacher, got teacher={teacher_path!r}")
+            from .teachers import teacher_config
+
+            teacher = teacher_config(teacher_path, self.teachers, data)
         build_keys = self.build_keys()
         defaults = self.image_defaults if data.kind == "images" else self.point_defaults
         if self.data_defaults is not None:
             defaults = {**defaults, **self.data_defaults(data)}
+        if teacher is not None and self.teacher_defaults is not None:
+            defaults = {**defaults, **self.teacher_defaults(teacher)}
         if variant is not None:
             if not self.variants:
                 raise ValueError(f"family {self.name!r} has no variants, got variant={variant!r}")
@@ -184,7 +210,11 @@ class Recipe:
         build = {k: v for k, v in defaults.items() if k in build_keys}
         settings = dict(self.settings)
         settings.update({k: v for k, v in defaults.items() if k in self.settings})
+        if self.teachers:
+            settings["teacher"] = None if teacher is None else teacher["path"]
         for key, value in user.items():
+            if key == "teacher" or key.startswith("_"):
+                raise ValueError(f"option {key!r} is not a settable option of {self.name!r}")
             if key in _FROM_DATA:
                 raise ValueError(f"option {key!r} is set by the data ({data.name!r}); use conditional=false to drop labels")
             if key in build_keys:
@@ -209,19 +239,27 @@ class Recipe:
         out = {"build": _jsonable(build), "settings": _jsonable(settings)}
         if variant is not None:
             out["variant"] = variant
+        if teacher is not None:
+            out["teacher"] = teacher
         return out
 
     def build(self, options: Mapping[str, Any]) -> Any:
         """Build the networks from resolved ``options`` (as saved in a checkpoint)."""
+        if self.build_fn is not None:
+            return self.build_fn(self, options)
         return self.family().build(**to_tuples(dict(options["build"])))
 
     # -- training / sampling -------------------------------------------------------------------
 
-    def check_sampler(self, sampler: str | None, steps: int | None) -> tuple[str, int | None]:
-        """Resolve the sampler name and step count (defaults filled in); raise on bad values."""
+    def check_sampler(self, sampler: str | None, steps: int | None,
+                      options: Mapping[str, Any] | None = None) -> tuple[str, int | None]:
+        """Resolve the sampler name and step count (defaults filled in, from ``options`` where the recipe
+        has a ``steps_setting``); raise on bad values."""
         sampler = self.default_sampler if sampler is None else sampler
         check_choice("sampler", sampler, tuple(self.samplers))
         steps = self.samplers[sampler] if steps is None else check_int("steps", steps, min=1)
+        if steps is None and self.steps_setting is not None and options is not None:
+            steps = options["settings"][self.steps_setting]
         return sampler, steps
 
     def check_label(self, options: Mapping[str, Any], label: int | None) -> None:
@@ -253,15 +291,19 @@ class Recipe:
         return {"y": y}
 
     def loss(self, nets: Any, x: torch.Tensor, y: torch.Tensor | None, *, options: Mapping[str, Any],
-             generator: torch.Generator | None = None,
-             phase: Phase | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             generator: torch.Generator | None = None, phase: Phase | None = None, step: int = 0,
+             total_steps: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss on a batch ``x`` ``(B, *data_shape)`` with labels ``y`` ``(B,)`` or None.
 
-        ``phase`` picks the loss of one :class:`Phase` (default: the first phase, i.e. ``loss_fn``).
+        ``phase`` picks the loss of one :class:`Phase` (default: the first phase, i.e. ``loss_fn``);
+        ``step`` / ``total_steps`` (0-based) reach recipes with ``uses_step``.
         """
         cond = self._cond(y, options, generator)
         fn = self.train_phases()[0].loss_fn if phase is None else phase.loss_fn
-        return fn(self, nets, x, cond, options["settings"], generator)
+        settings = options["settings"]
+        if self.uses_step:
+            settings = {**settings, "_step": step, "_total_steps": total_steps}
+        return fn(self, nets, x, cond, settings, generator)
 
     def check_guidance(self, options: Mapping[str, Any], guidance_scale: float | None) -> float | None:
         """Raise unless ``guidance_scale`` is None or a scale ``>= 0`` for a conditional model that supports it."""
@@ -288,7 +330,7 @@ class Recipe:
         the network's own time units); the model must have been trained with label dropout.
         """
         n = check_int("n", n, min=1)
-        sampler, steps = self.check_sampler(sampler, steps)
+        sampler, steps = self.check_sampler(sampler, steps, options)
         self.check_label(options, label)
         guidance_scale = self.check_guidance(options, guidance_scale)
         num_classes = options["build"].get("num_classes")
@@ -915,6 +957,10 @@ RECIPES: dict[str, Recipe] = {
         variants={kind: {"kind": kind} for kind in _FLOW_KINDS},
     ),
 }
+
+from .recipes_fewstep import FEWSTEP_RECIPES  # noqa: E402 - the few-step recipes build on the helpers above
+
+RECIPES.update(FEWSTEP_RECIPES)
 
 
 def get_recipe(name: str) -> Recipe:
