@@ -30,6 +30,7 @@ _FAMILIES: dict[str, str] = {
     "latent_diffusion": "edifice.generative.latent_diffusion",
     "flow": "edifice.generative.normalizing_flow",
     "rectified_flow": "edifice.generative.rectified_flow",
+    "interpolant": "edifice.generative.interpolant",
 }
 
 
