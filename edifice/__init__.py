@@ -31,6 +31,7 @@ _FAMILIES: dict[str, str] = {
     "flow": "edifice.generative.normalizing_flow",
     "rectified_flow": "edifice.generative.rectified_flow",
     "interpolant": "edifice.generative.interpolant",
+    "consistency": "edifice.generative.consistency",
 }
 
 
