@@ -32,6 +32,7 @@ _FAMILIES: dict[str, str] = {
     "rectified_flow": "edifice.generative.rectified_flow",
     "interpolant": "edifice.generative.interpolant",
     "consistency": "edifice.generative.consistency",
+    "meanflow": "edifice.generative.meanflow",
 }
 
 
