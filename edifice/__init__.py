@@ -33,6 +33,7 @@ _FAMILIES: dict[str, str] = {
     "interpolant": "edifice.generative.interpolant",
     "consistency": "edifice.generative.consistency",
     "meanflow": "edifice.generative.meanflow",
+    "progressive_distillation": "edifice.generative.progressive_distillation",
 }
 
 

@@ -258,7 +258,7 @@ def _pd_check(s: dict) -> None:
     check_int("T", s["T"], min=2)
     check_choice("target", s["target"], ("eps", "x0", "v"))
     check_int("student_steps", s["student_steps"], min=1, max=s["T"] // 2)
-    check_choice("weighting", s["weighting"], ("truncated_snr", "snr_plus_one", "none"))
+    check_choice("weighting", s["weighting"], ("truncated_snr", "snr+1", "snr", "none"))
 
 
 def _pd_build(recipe, options):
