@@ -14,6 +14,7 @@ import traceback
 
 import common
 import dit_throughput
+import few_step
 import flows_nll
 import gan_losses
 import guidance_digits
@@ -43,6 +44,7 @@ BENCHMARKS = {
     "dit_throughput": dit_throughput.main,
     "latent_vs_pixel": latent_vs_pixel.main,
     "flows_nll": flows_nll.main,
+    "few_step": few_step.main,
 }
 
 

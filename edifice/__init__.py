@@ -34,6 +34,7 @@ _FAMILIES: dict[str, str] = {
     "consistency": "edifice.generative.consistency",
     "meanflow": "edifice.generative.meanflow",
     "progressive_distillation": "edifice.generative.progressive_distillation",
+    "shortcut": "edifice.generative.shortcut",
 }
 
 

@@ -23,7 +23,7 @@ BENCH = ROOT / "benchmarks"
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 MACHINE_KEYS = {"date", "python", "torch", "threads", "cpu_count", "device"}
 NAMES = ["sampler_overhead", "train_throughput", "main_job", "sampler_overhead_score", "score_nll", "sampler_quality",
-         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses", "guidance_digits", "dit_throughput", "latent_vs_pixel", "flows_nll"]
+         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses", "guidance_digits", "dit_throughput", "latent_vs_pixel", "flows_nll", "few_step"]
 
 
 def _positive(value, what: str) -> None:
@@ -227,3 +227,21 @@ def test_flows_nll(results):
     assert {r["kind"] for r in rows if r["library"] == "edifice"} >= {"realnvp", "nsf", "maf", "ffjord"}
     for r in rows:
         assert math.isfinite(r["nll"])
+
+
+def test_few_step(results):
+    r = results["few_step"]
+    rows = r["results"]["moons"]["rows"]
+    methods = [row["method"] for row in rows]
+    for needle in ("DDIM", "DPM-Solver++", "flow matching", "consistency training", "consistency distillation",
+                   "2-RF", "interpolant", "shortcut", "MeanFlow", "progressive distillation"):
+        assert any(needle in m for m in methods), (needle, methods)
+    calls = r["settings"]["calls"]
+    for row in rows:
+        for k, cell in row["cells"].items():
+            assert cell["calls"] <= int(k) and (math.isnan(cell["w2"]) or cell["w2"] > 0), (row["method"], k, cell)
+        _positive(row["train_seconds"], f"{row['method']}.train_seconds")
+        assert row["train_calls"]["student"] >= 1
+    one_step = [row for row in rows if row["method"].startswith(("consistency", "shortcut", "MeanFlow"))]
+    assert all(row["cells"][str(calls[0])]["calls"] == 1 for row in one_step)
+    _positive(r["results"]["moons"]["floor_w2"], "floor_w2")
