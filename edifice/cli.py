@@ -195,11 +195,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from .train import RECIPES
 
     print("families:")
+    w = max(len(name) for name in RECIPES)
     for name, r in sorted(RECIPES.items()):
         samplers = ", ".join(f"{s}" + ("*" if s == r.default_sampler else "") for s in r.samplers)
-        print(f"  {name:<16s} {r.summary}\n  {'':<16s} samplers: {samplers}  (* default)")
+        print(f"  {name:<{w}s} {r.summary}\n  {'':<{w}s} samplers: {samplers}  (* default)")
         if r.variants:
-            print(f"  {'':<16s} variants: {', '.join(r.variants)}")
+            print(f"  {'':<{w}s} variants: {', '.join(r.variants)}")
+        if r.teachers:
+            print(f"  {'':<{w}s} teacher (--teacher RUN): a run of {' or '.join(r.teachers)}")
     print("data sets:")
     print("  " + ", ".join(getattr(data, "DATASETS", ())) + ", npz:PATH, folder:PATH")
     return 0

@@ -134,3 +134,12 @@ def test_teacher_of_other_data_shape_is_refused(tmp_path, capsys, teachers):
     assert _run("train", "consistency", "--data", "digits", "--teacher", teachers / "edm", "--steps", 1, "--out",
                 out, "--no-progress") == 2
     assert "teacher" in capsys.readouterr().err
+
+
+def test_guidance_on_a_class_conditional_rectified_flow(tmp_path):
+    run = tmp_path / "rf"
+    assert _run("train", "rectified_flow", "--data", "digits", "--class-cond", "--steps", 2, "--out", run,
+                "--no-progress", "--batch-size", "16", "--no-eval", "--option", "base_channels=8") == 0
+    assert _run("sample", run, "--n", 4, "--label", 3, "--guidance-scale", 2, "--steps", 2, "--out",
+                tmp_path / "g") == 0
+    assert np.isfinite(np.load(f"{tmp_path / 'g'}.npy")).all()

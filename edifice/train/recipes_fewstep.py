@@ -170,6 +170,11 @@ def _rf_loss(recipe, nets, x, cond, s, generator):
     return fam.reflow_loss(nets.student, x0, x1, generator=generator, cond=cond)
 
 
+def _guide_student(nets, wrap):
+    """Classifier-free guidance wraps the sampling network (the student of a distilled run)."""
+    return nets._replace(student=wrap(nets.student)) if isinstance(nets, T.Distilled) else wrap(nets)
+
+
 def _rf_sample(recipe, nets, shape, cond, s, sampler, steps, generator, device):
     return recipe.family().sample(T.student_of(nets), shape, steps=steps, method=sampler, generator=generator,
                                   cond=cond, device=device)
@@ -315,6 +320,8 @@ FEWSTEP_RECIPES: dict[str, Recipe] = {
     "rectified_flow": Recipe(
         name="rectified_flow",
         module="edifice.generative.rectified_flow",
+        guidable=True,
+        guide_fn=_guide_student,
         summary="rectified flow (Liu et al. 2023): straight-path flow, reflow on a teacher's pairs, one-step "
                 "distillation; exact likelihood",
         samplers={"euler": 50, "midpoint": 25, "heun": 25, "rk4": 15},
@@ -337,6 +344,7 @@ FEWSTEP_RECIPES: dict[str, Recipe] = {
     "interpolant": Recipe(
         name="interpolant",
         module="edifice.generative.interpolant",
+        guidable=True,
         summary="stochastic interpolants (Albergo et al. 2023): linear / trigonometric paths with noise gamma(t); "
                 "velocity or denoiser objective; ODE and SDE sampling",
         samplers={"euler": 50, "heun": 25, "sde": 100},
