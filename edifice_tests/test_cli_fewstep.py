@@ -143,3 +143,17 @@ def test_guidance_on_a_class_conditional_rectified_flow(tmp_path):
     assert _run("sample", run, "--n", 4, "--label", 3, "--guidance-scale", 2, "--steps", 2, "--out",
                 tmp_path / "g") == 0
     assert np.isfinite(np.load(f"{tmp_path / 'g'}.npy")).all()
+
+
+def test_distilled_runs_resume_exactly(tmp_path, teachers):
+    """A reflow run stopped at step 2 and resumed to 4 ends with the weights of an uninterrupted 4-step run
+    (the teacher is reloaded, the pairs come back from the checkpoint)."""
+    opts = {"teacher": str(teachers / "fm"), "hidden": 16, "depth": 1, "n_pairs": 64, "pair_steps": 2}
+    kw = dict(batch_size=16, progress=False, plots=False, lr_schedule="constant")
+    fit("rectified_flow", "moons", steps=2, out=tmp_path / "a", options=opts, **kw)
+    fit("rectified_flow", "moons", steps=4, out=tmp_path / "a", options=opts, **kw)
+    fit("rectified_flow", "moons", steps=4, out=tmp_path / "b", options=opts, **kw)
+    (a, _), (b, _) = load(tmp_path / "a", ema=False), load(tmp_path / "b", ema=False)
+    for x, y in zip(a.student.state_dict().values(), b.student.state_dict().values()):
+        assert torch.equal(x, y)
+    assert torch.equal(a.pairs.x1, b.pairs.x1)
