@@ -7,8 +7,9 @@ Every model is trained through :func:`edifice.train.fit` with its recipe, exactl
 student; progressive distillation spends it on each of its rounds, which the cost column adds up). Rows:
 
 * **teachers / baselines** — DDPM (cosine schedule, v-prediction) sampled with DDIM (η = 0, trailing steps)
-  and DPM-Solver++(2M); flow matching with Euler; EDM with Heun (``2N - 1`` calls for ``N`` steps: the
-  budget gets the largest ``N`` that fits).
+  and DPM-Solver++(2M); flow matching with Euler; EDM with Euler and with Heun (``2N - 1`` calls for ``N``
+  steps: the budget gets the largest ``N`` that fits; on the Karras ladder from σ = 80, Heun with 2-4 steps
+  overshoots even with the exact denoiser, which its row shows).
 * **one- and few-step methods** — consistency training (iCT) and consistency distillation from the EDM
   teacher; rectified flow (1-RF), 2-RF (reflow on 10,000 pairs of the 1-RF teacher) and its one-step
   distillation; stochastic interpolants (linear, velocity); shortcut models; MeanFlow; progressive
@@ -169,6 +170,8 @@ def run_data(data: str, s: dict[str, Any], root: Path) -> tuple[list[dict[str, A
         _cell(t["ddpm"]["run"], held_out, "dpm_solver_pp", many))
     row("flow matching, Euler", "euler", {k: _cell(t["fm"]["run"], held_out, "euler", k) for k in calls},
         0.0, t["fm"], _cell(t["fm"]["run"], held_out, "euler", many))
+    row("EDM, Euler", "euler", {k: _cell(t["edm"]["run"], held_out, "euler", k) for k in calls},
+        0.0, t["edm"], _cell(t["edm"]["run"], held_out, "euler", many))
     row("EDM, Heun", "heun", {k: _cell(t["edm"]["run"], held_out, "heun", _heun_steps(k)) for k in calls},
         0.0, t["edm"], _cell(t["edm"]["run"], held_out, "heun", _heun_steps(many)))
     # One- and few-step methods.

@@ -211,7 +211,7 @@ def _si_sample(recipe, net, shape, cond, s, sampler, steps, generator, device):
 
 
 def _sc_check(s: dict) -> None:
-    check_float("bootstrap_fraction", s["bootstrap_fraction"], min=0.0, max=1.0)
+    check_float("bootstrap_fraction", s["bootstrap_fraction"], min=0.0, max=1.0, max_open=True)
 
 
 def _sc_loss(recipe, net, x, cond, s, generator):
