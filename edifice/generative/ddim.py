@@ -87,9 +87,16 @@ def ddim_sigma(alpha_bar_t: Any, alpha_bar_prev: Any, eta: float) -> torch.Tenso
 
 
 def _ddim(x_t: torch.Tensor, eps: torch.Tensor, ab_t: torch.Tensor, ab_s: torch.Tensor, eta: float,
-          noise: torch.Tensor | None, clip_x0: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unchecked, sync-free core of :func:`ddim_step`; returns ``(x_s, x0_pred)``."""
-    x0 = _x0_eps(eps, x_t, ab_t, "eps")[0]
+          noise: torch.Tensor | None, clip_x0: float | None,
+          x0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unchecked, sync-free core of :func:`ddim_step`; returns ``(x_s, x0_pred)``.
+
+    ``x0``: the network's own ``x̂_0`` when it predicts ``x0`` or ``v`` (as diffusers' scheduler uses it);
+    recomputing it from ``ε`` divides by ``√ᾱ_t``, which loses float32 precision where ``ᾱ_t`` is tiny (the
+    first step of a cosine schedule, ``ᾱ ≈ 2e-9``).
+    """
+    if x0 is None:
+        x0 = _x0_eps(eps, x_t, ab_t, "eps")[0]
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)
     sigma = _sigma(ab_t, ab_s, eta)
@@ -190,8 +197,10 @@ def sample(
     x = _start(net, shape, noise, generator, device, dtype)
 
     def update(x, out, ab_t, ab_s, z):
-        eps = out if target == "eps" else _x0_eps(out, x, ab_t, target)[1]
-        return _ddim(x, eps, ab_t, ab_s, eta, z, clip_x0)
+        if target == "eps":
+            return _ddim(x, out, ab_t, ab_s, eta, z, clip_x0)
+        x0, eps = _x0_eps(out, x, ab_t, target)
+        return _ddim(x, eps, ab_t, ab_s, eta, z, clip_x0, x0=x0)
 
     return _reverse_chain(net, x, ts, schedule, cond, update, noisy=eta > 0, generator=generator,
                           callback=callback)

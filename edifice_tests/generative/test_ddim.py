@@ -320,3 +320,25 @@ def test_invert_errors(kwargs, exc, match):
     net, x0 = kwargs.pop("net", lambda x, t: x), kwargs.pop("x0", torch.zeros(4, 2))
     with pytest.raises(exc, match=match):
         ddim.invert(net, x0, **kwargs)
+
+
+def test_v_and_x0_targets_keep_float32_precision_at_tiny_alpha_bar():
+    """DDIM takes x0 straight from an x0 / v output: with the cosine schedule (alpha_bar_999 ~ 2e-9) one float32
+    step agrees with float64 to ~1e-6 (recomputing x0 from eps would divide by sqrt(alpha_bar) ~ 5e-5)."""
+    import copy
+
+    from edifice.generative import ddpm as _ddpm
+    from edifice.schedules import make_schedule
+
+    torch.manual_seed(0)
+    net = _ddpm.build(data_shape=(2,), hidden=32, depth=2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    schedule = make_schedule("cosine", 1000)
+    z = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+    for target in ("v", "x0"):
+        a = ddim.sample(net, (16, 2), steps=1, schedule=schedule, target=target, spacing="trailing", noise=z)
+        b = ddim.sample(copy.deepcopy(net).double(), (16, 2), steps=1, schedule=schedule, target=target,
+                        spacing="trailing", noise=z.double())
+        assert (a.double() - b).abs().max() < 1e-5, target
