@@ -35,6 +35,12 @@ _FAMILIES: dict[str, str] = {
     "meanflow": "edifice.generative.meanflow",
     "progressive_distillation": "edifice.generative.progressive_distillation",
     "shortcut": "edifice.generative.shortcut",
+    "mdn": "edifice.generative.mdn",
+    "rbm": "edifice.generative.rbm",
+    "ebm": "edifice.generative.ebm",
+    "d3pm": "edifice.generative.d3pm",
+    "pixelcnn": "edifice.generative.pixelcnn",
+    "made": "edifice.generative.made",
 }
 
 

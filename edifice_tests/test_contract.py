@@ -145,8 +145,51 @@ CASES.update({
     ],
 })
 
+CASES["mdn"] = [
+    ("inverse", dict(data_shape=(2,), components=3, hidden=16, depth=2), (2,), dict(), ("components", 0)),
+    ("wide", dict(data_shape=(3,), input_dim=1, components=1, hidden=8, depth=1), (3,), dict(), ("input_dim", 3)),
+]
+
+CASES["rbm"] = [
+    ("bernoulli", dict(data_shape=(2,), hidden=8, chains=16), (2,), dict(steps=20), ("hidden", 0)),
+    ("image", dict(data_shape=(1, 8, 8), hidden=16, chains=32), (1, 8, 8), dict(steps=20), ("chains", 0)),
+    ("gaussian", dict(data_shape=(2,), hidden=8, visible="gaussian", sigma=0.5), (2,), dict(steps=20),
+     ("visible", "poisson")),
+]
+
+CASES["ebm"] = [
+    ("vector", dict(data_shape=(2,), hidden=32, depth=2, buffer_size=64), (2,), dict(steps=5), ("buffer_size", 0)),
+    ("image-sn", dict(data_shape=(1, 8, 8), base_channels=8, hidden=32, depth=2, spectral_norm=True, buffer_size=64),
+     (1, 8, 8), dict(steps=3, clip=1.0), ("base_channels", 0)),
+    ("jem", dict(data_shape=(2,), hidden=32, depth=2, num_classes=3, buffer_size=64), (2,), dict(steps=5),
+     ("num_classes", 1)),
+]
+
+CASES["d3pm"] = [
+    ("uniform-image", dict(data_shape=(1, 8, 8), base_channels=8, channel_mults=(1, 2), T=6), (1, 8, 8), dict(),
+     ("transition", "bert")),
+    ("absorbing-class", dict(data_shape=(2,), hidden=32, depth=2, categories=4, transition="absorbing", T=8,
+                             num_classes=3), (2,), dict(), ("categories", 1)),
+    ("gaussian-image", dict(data_shape=(1, 8, 8), base_channels=8, channel_mults=(1, 2), categories=4,
+                            transition="gaussian", T=5), (1, 8, 8), dict(), ("T", 0)),
+]
+
+CASES["pixelcnn"] = [
+    ("gated", dict(data_shape=(1, 8, 8), hidden=16, layers=2), (1, 8, 8), dict(), ("arch", "lstm")),
+    ("plain-class", dict(data_shape=(1, 8, 8), arch="pixelcnn", hidden=16, layers=2, num_classes=3), (1, 8, 8),
+     dict(), ("levels", 1)),
+    ("transformer-quantised", dict(data_shape=(1, 4, 4), arch="transformer", hidden=16, layers=1, heads=2, levels=16),
+     (1, 4, 4), dict(temperature=0.9), ("heads", 3)),
+]
+
+CASES["made"] = [
+    ("image", dict(data_shape=(1, 8, 8), hidden=32, depth=1), (1, 8, 8), dict(), ("hidden", 0)),
+    ("vector-masks-class", dict(data_shape=(6,), hidden=16, num_masks=3, num_classes=3), (6,), dict(),
+     ("num_masks", 0)),
+]
+
 # Families whose network is not a denoiser net(x, t, **cond) (the round-trip test then compares samples only).
-NOT_DENOISERS = {"flow", "shortcut", "meanflow"}
+NOT_DENOISERS = {"flow", "shortcut", "meanflow", "mdn", "rbm", "ebm", "pixelcnn", "made"}
 
 # Extra keyword arguments of a family's loss in this test (a teacher network for distillation families).
 LOSS_KWARGS = {

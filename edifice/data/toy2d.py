@@ -32,6 +32,7 @@ __all__ = ["NAMES", "sample"]
 
 NAMES: tuple[str, ...] = (
     "moons", "8gaussians", "checkerboard", "circles", "rings", "pinwheel", "2spirals", "swissroll",
+    "inverse_sine",
 )
 
 _F64 = torch.float64
@@ -118,6 +119,14 @@ def _swissroll(n: int, g: torch.Generator | None) -> torch.Tensor:
     return pts / 5.0
 
 
+def _inverse_sine(n: int, g: torch.Generator | None) -> torch.Tensor:
+    # Bishop's (1994) inverse problem as points (x, y): y ~ U(0, 1), x = y + 0.3 sin(2 pi y) + N(0, 0.05^2).
+    # p(y | x) has three branches for x in (0.41, 0.59): the conditional-density set of mixture density networks.
+    y = _uniform((n,), g)
+    x = y + 0.3 * torch.sin(2 * math.pi * y) + 0.05 * _normal((n,), g)
+    return torch.stack([x, y], dim=1)  # (n, 2)
+
+
 _SAMPLERS: dict[str, Callable[[int, torch.Generator | None], torch.Tensor]] = {
     "moons": _moons,
     "8gaussians": _eight_gaussians,
@@ -127,6 +136,7 @@ _SAMPLERS: dict[str, Callable[[int, torch.Generator | None], torch.Tensor]] = {
     "pinwheel": _pinwheel,
     "2spirals": _two_spirals,
     "swissroll": _swissroll,
+    "inverse_sine": _inverse_sine,
 }
 
 

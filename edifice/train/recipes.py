@@ -962,6 +962,10 @@ from .recipes_fewstep import FEWSTEP_RECIPES  # noqa: E402 - the few-step recipe
 
 RECIPES.update(FEWSTEP_RECIPES)
 
+from .recipes_discrete import DISCRETE_RECIPES  # noqa: E402
+
+RECIPES.update(DISCRETE_RECIPES)
+
 
 def get_recipe(name: str) -> Recipe:
     """The recipe of family ``name``; the error lists the families that have one."""
