@@ -14,6 +14,7 @@ import traceback
 
 import common
 import dit_throughput
+import discrete_models
 import few_step
 import flows_nll
 import gan_losses
@@ -45,6 +46,7 @@ BENCHMARKS = {
     "latent_vs_pixel": latent_vs_pixel.main,
     "flows_nll": flows_nll.main,
     "few_step": few_step.main,
+    "discrete_models": discrete_models.main,
 }
 
 

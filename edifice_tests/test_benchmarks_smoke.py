@@ -23,7 +23,7 @@ BENCH = ROOT / "benchmarks"
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 MACHINE_KEYS = {"date", "python", "torch", "threads", "cpu_count", "device"}
 NAMES = ["sampler_overhead", "train_throughput", "main_job", "sampler_overhead_score", "score_nll", "sampler_quality",
-         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses", "guidance_digits", "dit_throughput", "latent_vs_pixel", "flows_nll", "few_step"]
+         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses", "guidance_digits", "dit_throughput", "latent_vs_pixel", "flows_nll", "few_step", "discrete_models"]
 
 
 def _positive(value, what: str) -> None:
@@ -245,3 +245,27 @@ def test_few_step(results):
     one_step = [row for row in rows if row["method"].startswith(("consistency", "shortcut", "MeanFlow"))]
     assert all(row["cells"][str(calls[0])]["calls"] == 1 for row in one_step)
     _positive(r["results"]["moons"]["floor_w2"], "floor_w2")
+
+
+def test_discrete_models(results):
+    r = results["discrete_models"]["results"]
+    assert set(r) >= {"a", "b_ebm_8gaussians", "digits", "d"}
+    a = r["a"]
+    assert [row["model"] for row in a["rows"]][:2] == ["PixelCNN", "MADE"]
+    for row in a["rows"]:
+        _positive(row["nll"], f"a.{row['model']}.nll")
+        _positive(row["bpd"], f"a.{row['model']}.bpd")
+    for row in r["b_ebm_8gaussians"]["rows"]:
+        assert 0 <= row["modes"] <= 8 and 0 <= row["high_quality"] <= 1
+        _positive(row["w2"], "ebm w2")
+    kinds = {row.get("nll_kind") for row in r["digits"]["rows"]}
+    assert {"exact", "bound"} <= kinds
+    for row in r["digits"]["rows"]:
+        assert 0 <= row["nn_hamming"] <= 64 and math.isfinite(row["mmd2"])
+    for row in r["d"]["rows"]:
+        for size, cell in row["by_size"].items():
+            if row["model"].startswith("D3PM"):  # T calls whatever the image size
+                assert cell["calls"] == int(row["model"].split("T=")[1].rstrip(")")), (row["model"], size, cell)
+            else:  # one call per pixel
+                assert cell["calls"] == int(size) ** 2, (row["model"], size, cell)
+            _stat(cell["s_per_sample"], f"{row['model']}.{size}")
