@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "A cell shows the counted network calls in parentheses when they differ from the column's; W2 on "
         f"{s['n']} samples against {s['n']} held-out points, one seed.",
         "Fréchet distance on digits / MNIST waits for the evaluation-suite issue (its feature network).",
+        "Progressive distillation's cells come from different rounds, but DDIM is deterministic and every round "
+        "learns the same map from noise to sample (its teacher's), so the same seed gives nearly the same samples.",
         "Calls per training step count forward passes: MeanFlow's one call is a forward-mode JVP (about 2-4x a "
         "plain forward on CPU); reflow's teacher calls happen once, when its pairs are drawn (inside 'train s').",
         f"total {time.perf_counter() - start:.0f} s",
