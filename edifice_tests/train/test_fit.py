@@ -112,7 +112,7 @@ def test_nonfinite_loss_raises_naming_the_step(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(family="nope"), ValueError, "unknown family 'nope'; valid families: consistency, ddpm, "),
+        (dict(family="nope"), ValueError, "unknown family 'nope'; valid families: .*ddpm, .*vqvae"),
         (dict(data="nope"), ValueError, "unknown dataset 'nope'"),
         (dict(steps=0), ValueError, "steps must be a positive int, got 0"),
         (dict(lr=-1.0), ValueError, "lr must be in"),
