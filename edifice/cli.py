@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
     keys = [k for k in ("w2", "sliced_wasserstein", "mmd", "energy", "nll", "nll_se", "bpd", "elbo", "recon_mse",
-                        "perplexity", "usage", "prior_nll_per_code", "modes", "high_quality") if k in metrics]
+                        "perplexity", "usage", "prior_nll_per_code", "modes", "high_quality", "nll_bound", "bpd_bound",
+                        "pseudo_nll", "conditional_nll") if k in metrics]
     print(f"{metrics['family']} on {metrics['data']} (step {metrics['step']}; {metrics['sampler']} x "
           f"{metrics['steps']}; n={metrics['n']})")
     for k in keys:
