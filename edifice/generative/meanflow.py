@@ -207,9 +207,12 @@ def meanflow_target(net: Callable[..., torch.Tensor], z: torch.Tensor, r: Any, t
     if z.ndim < 2:
         raise ValueError(f"z must be a batch (B, ...), got shape {tuple(z.shape)}")
     check_tensor("v", v, shape=tuple(z.shape), floating=True)
-    cond = check_cond(cond)
-    r, t = _check_times(z, r, t)
-    v = v.to(z)
+    return _target(net, z, *_check_times(z, r, t), v.to(z), check_cond(cond))
+
+
+def _target(net: Callable[..., torch.Tensor], z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor,
+            cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unchecked core of :func:`meanflow_target` (``r``, ``t``: ``(B,)`` on ``z``; no host sync)."""
 
     def u_fn(z_: torch.Tensor, r_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
         return net(z_, r_, t_, **cond)
@@ -294,16 +297,17 @@ def loss(
         eps = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     else:
         eps = check_tensor("noise", noise, shape=tuple(x.shape), floating=True).to(x)
-    if t is None:
+    if t is None:  # drawn times satisfy 0 <= r <= t <= 1 by construction: no check, no host sync
         r, t = sample_times(x.shape[0], ratio_unequal=ratio_unequal, time_dist=time_dist, time_loc=time_loc,
                             time_scale=time_scale, generator=generator, device=x.device, dtype=x.dtype)
-    elif r is None:
-        r = t
-    r, t = _check_times(x, r, t)
+    else:
+        r, t = _check_times(x, t if r is None else r, t)
     tt = append_dims(t, x.ndim)  # (B, 1, ..., 1)
     z = (1.0 - tt) * x + tt * eps
     v = eps - x
-    u, target = meanflow_target(net, z, r, t, v, cond=cond)
+    if not callable(net):
+        raise TypeError(f"net must be callable as net(z, r, t, **cond), got {type(net).__name__}")
+    u, target = _target(net, z, r, t, v, cond)
     sq = (u - target).square().flatten(1).sum(dim=1)  # (B,)
     value = (adaptive_weight(sq, p=adaptive_p, c=adaptive_c) * sq).mean()
     return value, {"loss": value.detach(), "mse": sq.detach().mean(), "unequal": (r < t).to(x.dtype).mean()}
