@@ -26,9 +26,9 @@ from collections.abc import Callable
 
 import torch
 
-from edifice._checks import check_choice, check_generator, check_int, rand, randint, randn
+from edifice._checks import check_choice, check_float, check_generator, check_int, rand, randint, randn
 
-__all__ = ["NAMES", "sample"]
+__all__ = ["NAMES", "sample", "inverse_sine"]
 
 NAMES: tuple[str, ...] = (
     "moons", "8gaussians", "checkerboard", "circles", "rings", "pinwheel", "2spirals", "swissroll",
@@ -119,12 +119,49 @@ def _swissroll(n: int, g: torch.Generator | None) -> torch.Tensor:
     return pts / 5.0
 
 
+def inverse_sine(
+    n: int,
+    *,
+    noise: float = 0.05,
+    noise_dist: str = "gaussian",
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    r"""Bishop's inverse problem: ``y ~ U(0, 1)``, ``x = y + 0.3 sin(2π y) + ε``; returns points ``(x, y)``.
+
+    The forward map ``y ↦ x`` is single-valued, its inverse is not: for ``x ∈ (0.407, 0.593)`` there are three
+    branches of ``y`` (at ``x = 0.5``: ``y ≈ 0.21, 0.50, 0.79``), so ``p(y | x)`` is multimodal and a
+    least-squares fit, which estimates ``E[y | x]``, averages across them (Bishop 1994 Sec. 3, Fig. 2-7).
+    Bishop used ``ε ~ U(-0.1, 0.1)`` (``noise=0.1, noise_dist="uniform"``, standard deviation 0.058).
+
+    Args:
+        n: number of points. noise: standard deviation of Gaussian ``ε`` (``noise_dist="gaussian"``) or the
+            half-width of uniform ``ε`` (``"uniform"``); ``>= 0``.
+        generator: draws ``y`` and ``ε``. device, dtype: of the result (computed in float64 and cast).
+
+    Returns:
+        ``(n, 2)`` tensor, columns ``(x, y)``.
+
+    References:
+        Mixture Density Networks. Bishop, 1994. NCRG/94/004, Sec. 3.
+    """
+    n = check_int("n", n, min=1)
+    noise = check_float("noise", noise, min=0.0)
+    check_choice("noise_dist", noise_dist, ("gaussian", "uniform"))
+    generator = check_generator(generator)
+    y = rand((n,), generator=generator, device=device, dtype=torch.float64)
+    if noise_dist == "gaussian":
+        eps = noise * randn((n,), generator=generator, device=device, dtype=torch.float64)
+    else:
+        eps = noise * (2 * rand((n,), generator=generator, device=device, dtype=torch.float64) - 1)
+    x = y + 0.3 * torch.sin(2 * math.pi * y) + eps
+    return torch.stack([x, y], dim=1).to(dtype)
+
+
 def _inverse_sine(n: int, g: torch.Generator | None) -> torch.Tensor:
-    # Bishop's (1994) inverse problem as points (x, y): y ~ U(0, 1), x = y + 0.3 sin(2 pi y) + N(0, 0.05^2).
-    # p(y | x) has three branches for x in (0.41, 0.59): the conditional-density set of mixture density networks.
-    y = _uniform((n,), g)
-    x = y + 0.3 * torch.sin(2 * math.pi * y) + 0.05 * _normal((n,), g)
-    return torch.stack([x, y], dim=1)  # (n, 2)
+    # The "inverse_sine" set: Bishop's inverse problem with N(0, 0.05^2) noise, for mixture density networks.
+    return inverse_sine(n, generator=g, dtype=_F64)
 
 
 _SAMPLERS: dict[str, Callable[[int, torch.Generator | None], torch.Tensor]] = {

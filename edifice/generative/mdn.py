@@ -53,6 +53,7 @@ from torch import nn
 from edifice._checks import (
     check_choice, check_cond, check_float, check_generator, check_int, check_shape_tuple, check_tensor, rand, randn,
 )
+from edifice.data.toy2d import inverse_sine  # noqa: F401 - the data set of this family, defined with the data
 from edifice.generative._common import resolve_device_dtype
 
 __all__ = ["MDN", "build", "mixture_log_prob", "moments", "nll", "loss", "log_prob", "sample", "inverse_sine",
@@ -375,43 +376,3 @@ def sample(
     if callback is not None:
         callback({"x": x, "y": y, "component": k})
     return torch.cat([x, y], dim=1)
-
-
-def inverse_sine(
-    n: int,
-    *,
-    noise: float = 0.05,
-    noise_dist: str = "gaussian",
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    r"""Bishop's inverse problem: ``y ~ U(0, 1)``, ``x = y + 0.3 sin(2π y) + ε``; returns points ``(x, y)``.
-
-    The forward map ``y ↦ x`` is single-valued, its inverse is not: for ``x ∈ (0.407, 0.593)`` there are three
-    branches of ``y`` (at ``x = 0.5``: ``y ≈ 0.21, 0.50, 0.79``), so ``p(y | x)`` is multimodal and a
-    least-squares fit, which estimates ``E[y | x]``, averages across them (Bishop 1994 Sec. 3, Fig. 2-7).
-    Bishop used ``ε ~ U(-0.1, 0.1)`` (``noise=0.1, noise_dist="uniform"``, standard deviation 0.058).
-
-    Args:
-        n: number of points. noise: standard deviation of Gaussian ``ε`` (``noise_dist="gaussian"``) or the
-            half-width of uniform ``ε`` (``"uniform"``); ``>= 0``.
-        generator: draws ``y`` and ``ε``. device, dtype: of the result (computed in float64 and cast).
-
-    Returns:
-        ``(n, 2)`` tensor, columns ``(x, y)``.
-
-    References:
-        Mixture Density Networks. Bishop, 1994. NCRG/94/004, Sec. 3.
-    """
-    n = check_int("n", n, min=1)
-    noise = check_float("noise", noise, min=0.0)
-    check_choice("noise_dist", noise_dist, ("gaussian", "uniform"))
-    generator = check_generator(generator)
-    y = rand((n,), generator=generator, device=device, dtype=torch.float64)
-    if noise_dist == "gaussian":
-        eps = noise * randn((n,), generator=generator, device=device, dtype=torch.float64)
-    else:
-        eps = noise * (2 * rand((n,), generator=generator, device=device, dtype=torch.float64) - 1)
-    x = y + 0.3 * torch.sin(2 * math.pi * y) + eps
-    return torch.stack([x, y], dim=1).to(dtype)

@@ -173,40 +173,27 @@ def _ar_check(s: dict) -> None:
     check_float("temperature", s["temperature"], min=0.0, min_open=True)
 
 
+def _autoregressive(name: str, summary: str, *, image_defaults: dict[str, Any],
+                    variants: dict[str, dict[str, Any]]) -> Recipe:
+    """The recipe of an exact-likelihood autoregressive family (``edifice.generative.<name>``): sequential sampling
+    with a temperature, NLL as a probability mass of the binarised / quantised images."""
+    return Recipe(name=name, module=f"edifice.generative.{name}", summary=summary, samplers={"sequential": None},
+                  default_sampler="sequential", settings={**_UNCOND, "temperature": 1.0}, point_defaults={},
+                  image_defaults=image_defaults, loss_fn=_ar_loss, sample_fn=_ar_sample, log_prob_fn=_ar_log_prob,
+                  check_settings=_ar_check, likelihood_kind=lambda options: "pmf", image_nll_n=None,
+                  variants=variants)
+
+
 DISCRETE_RECIPES: dict[str, Recipe] = {
-    "pixelcnn": Recipe(
-        name="pixelcnn",
-        module="edifice.generative.pixelcnn",
-        summary="PixelCNN (van den Oord et al. 2016): masked convolutions A / B, gated stack, or a causal transformer "
-                "over binarised / quantised pixels; exact NLL",
-        samplers={"sequential": None},
-        default_sampler="sequential",
-        settings={**_UNCOND, "temperature": 1.0},
-        point_defaults={},
+    "pixelcnn": _autoregressive(
+        "pixelcnn", "PixelCNN (van den Oord et al. 2016): masked convolutions A / B, gated stack, or a causal "
+                    "transformer over binarised / quantised pixels; exact NLL",
         image_defaults={"hidden": 64, "layers": 5},
-        loss_fn=_ar_loss,
-        sample_fn=_ar_sample,
-        log_prob_fn=_ar_log_prob,
-        check_settings=_ar_check,
-        likelihood_kind=lambda options: "pmf",
-        image_nll_n=None,
         variants={"gated": {"arch": "gated"}, "pixelcnn": {"arch": "pixelcnn"}, "transformer": {"arch": "transformer"}},
     ),
-    "made": Recipe(
-        name="made",
-        module="edifice.generative.made",
-        summary="MADE (Germain et al. 2015): masked autoencoder over binary vectors / binarised images; exact NLL",
-        samplers={"sequential": None},
-        default_sampler="sequential",
-        settings={**_UNCOND, "temperature": 1.0},
-        point_defaults={},
+    "made": _autoregressive(
+        "made", "MADE (Germain et al. 2015): masked autoencoder over binary vectors / binarised images; exact NLL",
         image_defaults={"hidden": 256, "depth": 1},
-        loss_fn=_ar_loss,
-        sample_fn=_ar_sample,
-        log_prob_fn=_ar_log_prob,
-        check_settings=_ar_check,
-        likelihood_kind=lambda options: "pmf",
-        image_nll_n=None,
         variants={"masks": {"num_masks": 4}},
     ),
     "ebm": Recipe(
