@@ -6,9 +6,11 @@
     edifice train flow_matching --data moons --steps 3000 --out runs/demo
     edifice sample runs/demo --n 1000 --sampler rk4 --steps 20 --out runs/demo/more
     edifice eval runs/demo --n 2000
+    edifice eval runs/vae --ood
 
 ``train`` writes a checkpoint, ``log.jsonl``, ``loss.png``, then evaluates: ``samples.png``,
-``samples.npy`` and ``metrics.json``. Running ``train`` again with the same settings and a larger
+``samples.npy`` and ``metrics.json`` (every metric that applies: see :func:`edifice.train.evaluate`);
+``eval --ood`` writes ``ood.json`` and ``ood_hist.png`` (:func:`edifice.train.ood.ood_report`). Running ``train`` again with the same settings and a larger
 ``--steps`` resumes the run. It also runs under ``torchrun --nproc_per_node=N -m edifice train ...``.
 
 Bad arguments print a message and exit with status 2 before anything is written. This module
@@ -116,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
     t.add_argument("--seed", type=int, default=0, help="seed of the weights and of every step (default 0)")
     t.add_argument("--data-dir", default=None, help="folder holding image data sets (e.g. mnist.npz)")
+    t.add_argument("--holdout-class", type=int, default=None, metavar="K",
+                   help="leave class K out of a labelled image data set (an out-of-distribution set for eval --ood)")
     t.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest for small nets on busy cores)")
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -175,14 +179,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads for torch (default: torch's choice; 1 is fastest for small nets on busy cores)")
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     e.add_argument("--data-dir", default=None, help="override where the run's image data set is looked up")
-    e.add_argument("--no-nll", action="store_true", help="skip the likelihood")
+    nll = e.add_mutually_exclusive_group()
+    nll.add_argument("--no-nll", action="store_true", help="skip the likelihood")
+    nll.add_argument("--nll", action="store_true",
+                     help="require the test NLL (an error for a family without a likelihood)")
+    e.add_argument("--features", default=None, metavar="MODULE:NAME",
+                   help="your own feature network for the image metrics: an importable callable returning a module "
+                        "with features(x) (or mapping [0, 1] images to (N, D) features); default: edifice's own "
+                        "network for digits and mnist")
+    e.add_argument("--ood", action="store_true",
+                   help="out-of-distribution detection instead: anomaly scores against shifted data; writes "
+                        "RUN_DIR/ood.json and RUN_DIR/ood_hist.png")
+    e.add_argument("--score", action="append", default=None, metavar="SCORE",
+                   help="with --ood: anomaly score(s) to use (nll, reconstruction, energy; default: every one that applies)")
     return p
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
     keys = [k for k in ("w2", "sliced_wasserstein", "mmd", "energy", "nll", "nll_se", "bpd", "elbo", "recon_mse",
                         "perplexity", "usage", "prior_nll_per_code", "modes", "high_quality", "nll_bound", "bpd_bound",
-                        "pseudo_nll", "conditional_nll") if k in metrics]
+                        "pseudo_nll", "conditional_nll", "fd", "fd_real", "kid", "precision", "recall", "density",
+                        "coverage", "class_accuracy") if k in metrics]
     print(f"{metrics['family']} on {metrics['data']} (step {metrics['step']}; {metrics['sampler']} x "
           f"{metrics['steps']}; n={metrics['n']})")
     for k in keys:
@@ -254,7 +271,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                  out=out, options=options, ema_decay=args.ema_decay,
                  grad_clip=None if args.grad_clip == 0 else args.grad_clip, weight_decay=args.weight_decay,
                  log_every=args.log_every, ckpt_every=args.ckpt_every, device=args.device, data_dir=args.data_dir,
-                 resume=not args.no_resume, progress=not args.no_progress)
+                 holdout_class=args.holdout_class, resume=not args.no_resume, progress=not args.no_progress)
     if env_rank() != 0:
         return 0
     train_time = time.perf_counter() - t0
@@ -306,14 +323,58 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _positive("--steps", args.steps)
     _check_device(args.device)
     config = _check_run(args.run_dir)
+    if args.ood:
+        from .train.ood import ood_report
+
+        for flag, value in (("--nll", args.nll), ("--no-nll", args.no_nll), ("--features", args.features),
+                            ("--sampler", args.sampler), ("--steps", args.steps),
+                            ("--guidance-scale", args.guidance_scale)):
+            if value not in (None, False):
+                raise _ArgError(f"{flag} does not apply with --ood (it scores held-out and shifted data, no sampling)")
+        report = ood_report(args.run_dir, n=args.n, scores=args.score, seed=args.seed, device=args.device,
+                            data_dir=args.data_dir)
+        _print_ood(report)
+        print(f"wrote {Path(args.run_dir) / 'ood.json'} and {Path(args.run_dir) / 'ood_hist.png'}")
+        return 0
+    if args.score is not None:
+        raise _ArgError("--score applies with --ood")
     get_recipe(config["family"]).check_sampler(args.sampler, args.steps)
     get_recipe(config["family"]).check_guidance(config["options"], args.guidance_scale)
     metrics = evaluate(args.run_dir, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                       nll=not args.no_nll, device=args.device, data_dir=args.data_dir,
-                       guidance_scale=args.guidance_scale)
+                       nll=False if args.no_nll else (True if args.nll else None), device=args.device,
+                       data_dir=args.data_dir, guidance_scale=args.guidance_scale,
+                       features=_load_features(args.features))
     _print_metrics(metrics)
     print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
     return 0
+
+
+def _load_features(spec: str | None) -> Any:
+    """``--features MODULE:NAME``: import ``NAME`` from ``MODULE`` and call it (a factory) unless it is a module."""
+    if spec is None:
+        return None
+    import importlib
+
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise _ArgError(f"--features must be MODULE:NAME (e.g. mypkg.nets:feature_net), got {spec!r}")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise _ArgError(f"--features {spec!r}: cannot import {name!r} from {module!r} ({e})") from e
+    import torch
+
+    return obj if isinstance(obj, torch.nn.Module) else obj()
+
+
+def _print_ood(report: dict[str, Any]) -> None:
+    print(f"{report['family']} on {report['data']}: out-of-distribution detection (in-distribution n={report['in_n']}; "
+          "AUROC, higher is better; FPR at 95% recall of in-distribution data, lower is better)")
+    for score, shifts in report["scores"].items():
+        for shift, r in shifts.items():
+            auroc = "n/a" if r.get("auroc") is None else format(r["auroc"], ".4f")
+            fpr = "n/a" if r.get("fpr95") is None else format(r["fpr95"], ".4f")
+            print(f"  {score:<15s} {shift:<16s} AUROC {auroc}   FPR95 {fpr}   (n_out={r.get('n_out')})")
 
 
 _COMMANDS = {"list": _cmd_list, "train": _cmd_train, "sample": _cmd_sample, "eval": _cmd_eval}

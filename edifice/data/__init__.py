@@ -52,6 +52,9 @@ class DataSource:
         num_classes: number of class labels, or ``None`` for unlabelled data.
         train_x, train_y, test_x, test_y: stored arrays (images: ``[0, 1]``); ``None`` for the
             toy sets, which are generated on demand.
+        holdout_class: the class left out of both splits (``load(..., holdout_class=K)``), or ``None``.
+        ood_x, ood_y: the test images ``[0, 1]`` of the held-out class and their labels (all ``K``),
+            an out-of-distribution set for :func:`edifice.train.ood.ood_report`; ``None`` without one.
     """
 
     name: str
@@ -62,6 +65,9 @@ class DataSource:
     train_y: torch.Tensor | None = field(default=None, repr=False)
     test_x: torch.Tensor | None = field(default=None, repr=False)
     test_y: torch.Tensor | None = field(default=None, repr=False)
+    holdout_class: int | None = None
+    ood_x: torch.Tensor | None = field(default=None, repr=False)
+    ood_y: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.kind not in ("points", "images"):
@@ -70,6 +76,10 @@ class DataSource:
             raise ValueError(f"train_x is required unless the source is a toy2d set, got name {self.name!r}")
         if self.train_x is not None and self.test_x is None:
             raise ValueError("test_x is required when train_x is given")
+        if (self.holdout_class is None) != (self.ood_x is None):
+            raise ValueError("holdout_class and ood_x go together (the held-out class and its test images), got "
+                             f"holdout_class={self.holdout_class!r} and ood_x "
+                             f"{'None' if self.ood_x is None else 'given'}")
 
     @property
     def num_train(self) -> int | None:
@@ -183,10 +193,25 @@ def _split(x, y, test_fraction: float, seed: int):
     return x[tr], None if y is None else y[tr], x[te], None if y is None else y[te]
 
 
-def _image_source(name, xtr, ytr, xte, yte, num_classes=None) -> DataSource:
+def _image_source(name, xtr, ytr, xte, yte, num_classes=None, holdout_class=None) -> DataSource:
     if num_classes is None and ytr is not None:
         num_classes = int(max(int(ytr.max()), -1 if yte is None else int(yte.max()))) + 1
-    return DataSource(name, "images", tuple(xtr.shape[1:]), num_classes, xtr, ytr, xte, yte)
+    if holdout_class is None:
+        return DataSource(name, "images", tuple(xtr.shape[1:]), num_classes, xtr, ytr, xte, yte)
+    if ytr is None or yte is None:
+        raise ValueError(f"holdout_class needs labelled images, but {name!r} has no labels; got "
+                         f"holdout_class={holdout_class!r}")
+    k = check_int("holdout_class", holdout_class, min=0)
+    if k >= num_classes:
+        raise ValueError(f"holdout_class must be a class of {name!r}, in [0, {num_classes - 1}], got {k}")
+    keep_tr, keep_te = ytr != k, yte != k
+    if bool(keep_te.all()):
+        raise ValueError(f"holdout_class={k} has no test images in {name!r}, so there is nothing to hold out")
+    if not bool(keep_tr.any()) or not bool(keep_te.any()):
+        raise ValueError(f"holdout_class={k} is the only class of {name!r}; nothing would be left to train on")
+    # num_classes stays: labels keep their values, so a conditional model still has K label slots.
+    return DataSource(name, "images", tuple(xtr.shape[1:]), num_classes, xtr[keep_tr], ytr[keep_tr], xte[keep_te],
+                      yte[keep_te], holdout_class=k, ood_x=xte[~keep_te], ood_y=yte[~keep_te])
 
 
 def load(
@@ -197,6 +222,7 @@ def load(
     grayscale: bool = False,
     test_fraction: float = 0.1,
     split_seed: int = 0,
+    holdout_class: int | None = None,
 ) -> DataSource:
     """Build the :class:`DataSource` called ``name``.
 
@@ -209,26 +235,42 @@ def load(
         test_fraction: held-out fraction for ``"npz:"`` / ``"folder:"`` sources without an
             official split (a fixed random permutation seeded by ``split_seed``).
         split_seed: seed of that permutation.
+        holdout_class: labelled image data only: remove class ``K`` from BOTH the training and the test
+            split; its test images become ``ood_x`` / ``ood_y`` (an out-of-distribution set: a model that never
+            saw the class should find it atypical). ``num_classes`` is unchanged.
 
     Raises:
-        ValueError: unknown name (the message lists :data:`DATASETS`) or bad options.
+        ValueError: unknown name (the message lists :data:`DATASETS`), bad options, or a ``holdout_class``
+            on unlabelled data / outside ``[0, num_classes)``.
         FileNotFoundError: the data files are missing.
+
+    Example:
+        >>> from edifice import data
+        >>> src = data.load("digits", holdout_class=3)
+        >>> src.holdout_class, int((src.train_y == 3).sum()), src.ood_x.shape, src.num_classes
+        (3, 0, torch.Size([30, 1, 8, 8]), 10)
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     test_fraction = check_float("test_fraction", test_fraction, min=0.0, max=1.0, min_open=True, max_open=True)
     split_seed = check_int("split_seed", split_seed, min=0)
+    if holdout_class is not None:
+        holdout_class = check_int("holdout_class", holdout_class, min=0)
     if name in toy2d.NAMES:
+        if holdout_class is not None:
+            raise ValueError(f"holdout_class needs labelled image data, but {name!r} is an unlabelled 2-D toy set; "
+                             f"got holdout_class={holdout_class}")
         return DataSource(name, "points", (2,), None)
+    ho = holdout_class
     if name == "digits":
         x, y = images.load_digits()
         n = x.shape[0] - _DIGITS_TEST
-        return _image_source(name, x[:n], y[:n], x[n:], y[n:], num_classes=10)
+        return _image_source(name, x[:n], y[:n], x[n:], y[n:], num_classes=10, holdout_class=ho)
     if name in _MNIST_STEMS:
         path = find_data_file(name, data_dir=data_dir)
         xtr, ytr = images.load_mnist(path, split="train")
         xte, yte = images.load_mnist(path, split="test")
-        return _image_source(name, xtr, ytr, xte, yte, num_classes=10)
+        return _image_source(name, xtr, ytr, xte, yte, num_classes=10, holdout_class=ho)
     if name.startswith("npz:"):
         path = name[4:]
         keys = images._open_npz(images._existing(path, "npz file")).keys()
@@ -240,12 +282,12 @@ def load(
             xte, yte = images.load_npz(path, x_key="x_test", y_key="y_test" if labelled else None, size=size)
             if not labelled:
                 ytr = yte = None
-            return _image_source(name, xtr, ytr, xte, yte)
+            return _image_source(name, xtr, ytr, xte, yte, holdout_class=ho)
         x, y = images.load_npz(path, size=size)
-        return _image_source(name, *_split(x, y, test_fraction, split_seed))
+        return _image_source(name, *_split(x, y, test_fraction, split_seed), holdout_class=ho)
     if name.startswith("folder:"):
         x, y = images.load_folder(name[7:], size=32 if size is None else size, grayscale=grayscale)
-        return _image_source(name, *_split(x, y, test_fraction, split_seed))
+        return _image_source(name, *_split(x, y, test_fraction, split_seed), holdout_class=ho)
     raise ValueError(
         f"unknown dataset {name!r}; valid names are: {', '.join(DATASETS)}, 'npz:PATH', 'folder:PATH'"
     )

@@ -2,9 +2,13 @@
 
 Samples are returned and saved in data units: 2-D points as they are, images as floats in
 ``[0, 1]`` of shape ``(N, C, H, W)``. :func:`evaluate` compares fresh samples with the held-out
-test set — exact W2, sliced W2, MMD and energy distance for points, pixel MMD for images — and,
-for families with a likelihood, the test NLL in nats (and bits/dim for images), then writes
-``metrics.json`` (plus ``samples.png`` / ``samples.npy``) into the run folder.
+test set — exact W2, sliced W2, MMD, energy distance, precision and recall for points; pixel MMD and,
+on the features of a feature network (edifice's own for ``digits`` / ``mnist``, or yours), the
+Fréchet distance ``fd`` beside its real-data floor ``fd_real``, KID, precision / recall / density /
+coverage and the class accuracy of class-conditional samples for images — and, for families with a
+likelihood, the test NLL in nats (and bits/dim for images), then writes ``metrics.json`` (plus
+``samples.png`` / ``samples.npy``) into the run folder. Out-of-distribution detection is
+:func:`edifice.train.ood.ood_report` (``edifice eval --ood``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ def load_data(config: dict, data_dir: str | os.PathLike | None = None) -> Any:
     from .. import data as data_mod
 
     saved = config["data"]
-    return data_mod.load(saved["name"], data_dir=data_dir if data_dir is not None else saved.get("data_dir"))
+    data_dir = data_dir if data_dir is not None else saved.get("data_dir")
+    if saved.get("holdout_class") is None:
+        return data_mod.load(saved["name"], data_dir=data_dir)
+    return data_mod.load(saved["name"], data_dir=data_dir, holdout_class=saved["holdout_class"])
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -132,21 +139,30 @@ def evaluate(
     sampler: str | None = None,
     steps: int | None = None,
     seed: int = 0,
-    nll: bool = True,
+    nll: bool | None = None,
     nll_n: int | None = None,
     device: str | torch.device | None = None,
     data_dir: str | os.PathLike | None = None,
     write: bool = True,
     guidance_scale: float | None = None,
+    features: Any = None,
 ) -> dict[str, Any]:
     """Sample from a run and compare with held-out data; write ``metrics.json`` and the samples.
+
+    Every metric that applies is computed: distances in data space, precision / recall /
+    density / coverage (in data space for points, in feature space for images), and for images with
+    a feature network the Fréchet distance ``fd`` and kernel distance ``kid`` on its features,
+    beside ``fd_real``, the same distance between as many real training images and the test
+    images (the floor a perfect model reaches at this ``n``), and for class-conditional models the
+    feature classifier's accuracy on the samples of each requested class.
 
     Args:
         run_dir: a run folder with a checkpoint.
         n: number of samples (default 2000 for points, 256 for images; capped by the test set size).
         sampler, steps: sampler and its steps (defaults of the family's recipe).
         seed: seeds the sampler (and the Hutchinson probes).
-        nll: also compute the test NLL for families with a likelihood.
+        nll: ``None`` (default): the test NLL when the family has a likelihood; ``True``: the NLL is
+            required (a family without a likelihood raises ``ValueError``); ``False``: skip it.
         nll_n: test points for the NLL (default all ``n`` for points; for images the recipe's
             ``image_nll_n``: 64 for the ODE likelihoods, all ``n`` for the VAE, whose importance-sampled
             NLL is then on the same images as its ELBO).
@@ -154,6 +170,11 @@ def evaluate(
         data_dir: override where image data is looked up.
         write: write ``metrics.json``, ``samples.png`` and ``samples.npy`` into ``run_dir``.
         guidance_scale: classifier-free guidance scale for a class-conditional model (None: none).
+        features: the feature network of the image metrics: ``None`` (edifice's own network for
+            ``digits`` / ``mnist``, :func:`edifice.metrics.features.for_data`; none otherwise), a
+            module with a ``features(x)`` method, or any callable mapping ``[0, 1]`` images
+            ``(N, C, H, W)`` to ``(N, D)`` features. A module with ``num_classes`` and a ``forward``
+            giving logits also scores the samples of a class-conditional model.
 
     Returns:
         The metrics dict (also the content of ``metrics.json``). Distances are in data units
@@ -166,6 +187,14 @@ def evaluate(
     config = ckpt.read_meta(run_dir)
     recipe = get_recipe(config["family"])
     kind = config["data"]["kind"]
+    if nll is not None and not isinstance(nll, bool):
+        raise TypeError(f"nll must be None, True or False, got {type(nll).__name__}")
+    if nll and not recipe.has_likelihood:
+        from .recipes import RECIPES
+
+        raise ValueError(f"nll=True asks for a likelihood, but family {recipe.name!r} has none; families with a "
+                         f"likelihood: {', '.join(sorted(k for k, r in RECIPES.items() if r.has_likelihood))}")
+    feature_net = _feature_net(features, config, kind)
     n = (2000 if kind == "points" else 256) if n is None else check_int("n", n, min=2)
     data = load_data(config, data_dir)
     x_test, _ = data.test_set(n) if kind == "points" else data.test_set()
@@ -173,11 +202,14 @@ def evaluate(
     n = x_test.shape[0]
     samples, info = sample_run(run_dir, n, sampler=sampler, steps=steps, seed=seed, device=device, data=data,
                                guidance_scale=guidance_scale)
-    ref = data.to_unit(x_test).float().cpu()
+    levels = recipe.image_levels(config["options"]) if kind == "images" else None
+    ref = _quantise(data.to_unit(x_test).float().cpu(), levels)
     out: dict[str, Any] = {"family": recipe.name, "data": config["data"]["name"], "step": config["step"],
                            "sampler": info["sampler"], "steps": info["steps"], "n": n, "seed": seed}
     if guidance_scale is not None:
         out["guidance_scale"] = guidance_scale
+    if levels is not None:
+        out["reference_levels"] = levels  # the real images were quantised to the family's pixel levels
     t1 = time.perf_counter()
     finite = bool(torch.isfinite(samples).all())
     if kind == "points":
@@ -192,12 +224,16 @@ def evaluate(
                 out["modes"], out["high_quality"] = cov["modes"], round(cov["high_quality"], 4)
         else:
             out.update(w2=None, sliced_wasserstein=None, mmd=None, energy=None)
+        if finite:
+            out.update(_fidelity(ref, samples, None))
     else:
         out["mmd"] = _finite(M.mmd(samples.flatten(1), ref.flatten(1))) if finite else None
+        if feature_net is not None and finite:
+            out.update(_image_metrics(feature_net, samples, ref, data, config, seed, levels))
     if not finite:
         out["nonfinite_samples"] = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
     t2 = time.perf_counter()
-    if nll and recipe.has_likelihood:
+    if nll is not False and recipe.has_likelihood:
         out.update(_nll(recipe, run_dir, config, data, x_test, kind, nll_n, seed, device))
     t3 = time.perf_counter()
     if recipe.eval_fn is not None:  # the family's own numbers (ELBO, codebook perplexity, ...)
@@ -223,6 +259,89 @@ def evaluate(
     return out
 
 
+def _feature_net(features: Any, config: dict, kind: str) -> Any:
+    """The feature network of the image metrics (see :func:`evaluate`), or None."""
+    if features is None:
+        if kind != "images":
+            return None
+        from ..metrics import features as F
+
+        return F.for_data(config["data"]["name"])
+    if kind != "images":
+        raise ValueError(f"features applies to image runs; this run was trained on {config['data']['name']!r} "
+                         f"({kind})")
+    if not callable(features) and not hasattr(features, "features"):
+        raise TypeError(f"features must be a module with a features(x) method or a callable, "
+                        f"got {type(features).__name__}")
+    return features
+
+
+def _embed(net: Any, x: torch.Tensor) -> torch.Tensor:
+    """Features ``(N, D)`` of ``[0, 1]`` images under ``net`` (its ``features`` method, else its call)."""
+    fn = net.features if hasattr(net, "features") else net
+    with torch.no_grad():
+        f = fn(x)
+    if not isinstance(f, torch.Tensor) or f.ndim < 2 or f.shape[0] != x.shape[0]:
+        raise ValueError(f"the feature network must map {x.shape[0]} images to a ({x.shape[0]}, D) tensor, got "
+                         f"{type(f).__name__ if not isinstance(f, torch.Tensor) else tuple(f.shape)}")
+    return f.reshape(f.shape[0], -1).double().cpu()
+
+
+def _fidelity(real: torch.Tensor, fake: torch.Tensor, prefix: str | None) -> dict[str, Any]:
+    from ..metrics.fidelity import fidelity_metrics, precision_recall
+
+    if prefix is None:  # points: precision and recall in data space (FD / KID would repeat W2 and MMD)
+        return {k: _finite(v) for k, v in precision_recall(real, fake).items()}
+    return {k: _finite(v) for k, v in fidelity_metrics(real, fake).items()}
+
+
+def _quantise(u: torch.Tensor, levels: int | None) -> torch.Tensor:
+    """``[0, 1]`` images quantised to ``levels`` evenly spaced values as the binary / discrete families see them."""
+    if levels is None:
+        return u
+    from ..generative.d3pm import to_states
+
+    return to_states(u * 2.0 - 1.0, levels).to(u.dtype) / (levels - 1)
+
+
+def _image_metrics(net: Any, samples: torch.Tensor, ref: torch.Tensor, data: Any, config: dict,
+                   seed: int, levels: int | None) -> dict[str, Any]:
+    """FD, KID, precision / recall / density / coverage on features, the real-data floor and class accuracy."""
+    import warnings
+
+    from ..metrics.fidelity import frechet_distance
+
+    out: dict[str, Any] = {"features": getattr(net, "name", type(net).__name__)}
+    dev = next((p.device for p in net.parameters()), torch.device("cpu")) if isinstance(net, torch.nn.Module) \
+        else torch.device("cpu")
+    f_real, f_fake = _embed(net, ref.to(dev)), _embed(net, samples.to(dev))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out.update(_fidelity(f_real, f_fake, "features"))
+        # The floor at this n: FD between as many real training images (a seeded draw) and the test images.
+        if data.train_x is not None:
+            idx = torch.randperm(data.train_x.shape[0], generator=torch.Generator().manual_seed(seed))[:ref.shape[0]]
+            train = _quantise(data.train_x[idx].float(), levels)
+            out["fd_real"] = _finite(frechet_distance(f_real, _embed(net, train.to(dev))))
+    small = [w for w in caught if type(w.message).__name__ == "FrechetSampleWarning"]
+    for w in caught:
+        if w not in small:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if small:
+        out["fd_warning"] = str(small[0].message)
+        warnings.warn(small[0].message, stacklevel=3)
+    out["feature_dim"] = int(f_real.shape[1])
+    num_classes = config["options"]["build"].get("num_classes")
+    if num_classes is not None and getattr(net, "num_classes", None) == num_classes:
+        from ..metrics.features import class_accuracy
+
+        labels = torch.arange(samples.shape[0]) % num_classes  # the labels Recipe.sample cycles through
+        acc = class_accuracy(net, samples.to(dev), labels.to(dev))
+        out["class_accuracy"] = _finite(acc["accuracy"])
+        out["class_accuracy_per_label"] = {str(k): _finite(v) for k, v in acc["per_class"].items()}
+    return out
+
+
 def _nll(recipe, run_dir, config, data, x_test, kind, nll_n, seed, device) -> dict[str, Any]:
     """Test NLL in nats per example, in data units (the ``to_unit`` map is affine)."""
     from ..metrics import nll_summary
@@ -236,22 +355,14 @@ def _nll(recipe, run_dir, config, data, x_test, kind, nll_n, seed, device) -> di
     nets, _ = load(run_dir, device=device)
     g = torch.Generator(device=device).manual_seed(seed)
     d = x[0].numel()
-    # The map u = to_unit(x) is affine: u = offset + slope * x ([0, 1] pixels for images, identity for points).
-    probe = torch.tensor([0.0, 0.5], dtype=torch.float64)
-    offset = float(data.to_unit(probe[:1])[0]) if kind == "images" else 0.0
-    slope = float((data.to_unit(probe[1:]) - data.to_unit(probe[:1]))[0] / 0.5) if kind == "images" else 1.0
     pmf = recipe.likelihood_kind(config["options"]) == "pmf"
-    if kind == "images":
-        k = (data.to_unit(x.double().cpu()) * 255).round()
-        if pmf:  # a probability mass over the 256 pixel levels: evaluated on the 8-bit pixels themselves
-            x = ((k / 255 - offset) / slope).to(device=device, dtype=x.dtype)
-        else:  # uniform dequantisation of 8-bit pixels (Theis et al. 2016): k/255 -> (k + u)/256, u ~ U(0, 1)
-            u = torch.rand(k.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-            x = (((k + u) / 256 - offset) / slope).to(device=device, dtype=x.dtype)
-    lp = recipe.log_prob(nets, x, options=config["options"], generator=g).double().cpu()  # (B,) model space
-    if not pmf:
-        # log p_unit(u) = log p_model(x) - D log|du/dx| for the affine map u = to_unit(x).
-        lp = lp - d * math.log(abs(slope))
+    # Images: 8-bit quantised; a probability mass is evaluated on the levels, a density on uniformly
+    # dequantised pixels, with the Jacobian of the affine map to data units (one helper for eval and --ood).
+    from .ood import likelihood_inputs
+
+    x, log_jac = likelihood_inputs(recipe, config["options"], x, generator=torch.Generator().manual_seed(seed),
+                                   to_unit=data.to_unit if kind == "images" else None)
+    lp = recipe.log_prob(nets, x, options=config["options"], generator=g).double().cpu() + log_jac  # (B,)
     if not bool(torch.isfinite(lp).all()):
         return {"nll": None, "nll_n": nll_n}
     summary = nll_summary(lp, num_dims=d, dequant_bins=256 if (kind == "images" and not pmf) else None)

@@ -78,11 +78,16 @@ class FitResult:
     wall_time: float = 0.0
 
 
-def _load_data(data: Any, data_dir: str | None) -> Any:
+def _load_data(data: Any, data_dir: str | None, holdout_class: int | None = None) -> Any:
     from .. import data as data_mod
 
     if isinstance(data, str):
-        return data_mod.load(data, data_dir=data_dir)
+        if holdout_class is None:
+            return data_mod.load(data, data_dir=data_dir)
+        return data_mod.load(data, data_dir=data_dir, holdout_class=holdout_class)
+    if holdout_class is not None:
+        raise ValueError("holdout_class applies to a dataset name; a DataSource carries its own "
+                         f"(data.load(..., holdout_class=...)), got holdout_class={holdout_class!r} with a DataSource")
     if not all(hasattr(data, a) for a in ("name", "kind", "data_shape", "num_classes", "train_batch")):
         raise TypeError(f"data must be a dataset name or a DataSource, got {type(data).__name__}")
     return data
@@ -98,7 +103,8 @@ def _make_config(recipe: Recipe, data: Any, data_dir: str | None, options: dict,
     return {
         "family": recipe.name,
         "data": {"name": data.name, "kind": data.kind, "data_shape": list(data.data_shape),
-                 "num_classes": data.num_classes, "data_dir": None if data_dir is None else str(data_dir)},
+                 "num_classes": data.num_classes, "data_dir": None if data_dir is None else str(data_dir),
+                 "holdout_class": getattr(data, "holdout_class", None)},
         "options": options,
         "train": train,
         "edifice_version": edifice.__version__,
@@ -168,6 +174,7 @@ def fit(
     ckpt_every: int | None = None,
     device: str | torch.device | None = None,
     data_dir: str | os.PathLike | None = None,
+    holdout_class: int | None = None,
     resume: bool = True,
     progress: bool = True,
     plots: bool = True,
@@ -194,6 +201,8 @@ def fit(
         ckpt_every: steps between checkpoints (default 500; one is always written at the end).
         device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
         data_dir: where image data sets are looked up (see :func:`edifice.data.load`).
+        holdout_class: leave this class out of the training and test splits of a labelled image data
+            set (its test images become an out-of-distribution set for ``edifice eval --ood``).
         resume: continue from ``out``'s checkpoint when there is one (same settings required).
         progress: show a tqdm progress bar (rank 0 only, when stderr is a terminal).
         plots: write ``loss.png`` at the end (needs matplotlib; skipped if it is missing).
@@ -225,7 +234,7 @@ def fit(
     if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"out must be a folder, but {str(run_dir)!r} is a file")
     data_dir = None if data_dir is None else str(data_dir)
-    data = _load_data(data, data_dir)
+    data = _load_data(data, data_dir, holdout_class)
     resolved = recipe.resolve(data, options)
 
     info = D.setup(device)

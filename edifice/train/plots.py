@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["scatter_2d", "image_grid", "save_image_grid", "loss_curve"]
+__all__ = ["scatter_2d", "image_grid", "save_image_grid", "loss_curve", "score_histogram"]
 
 
 def _pyplot():
@@ -113,5 +113,49 @@ def loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | os.Pat
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    return _finish(fig, ax, path, title)
+
+
+def score_histogram(scores: dict[str, torch.Tensor], path: str | os.PathLike, *, title: str | None = None,
+                    xlabel: str = "anomaly score", bins: int = 40) -> Path:
+    """Overlaid histograms of anomaly scores, one per named set (in-distribution first, then each shift).
+
+    All sets share one set of ``bins`` bins over the pooled finite scores; each histogram is normalised to
+    unit area so that sets of different sizes compare. When every score is positive and they span more than
+    two decades the bins and the x axis are logarithmic. Infinite and NaN scores are left out (their count
+    goes into the legend).
+
+    Args:
+        scores: ``{name: (N,) scores}``, e.g. ``{"in-distribution": s_in, "noise": s_noise}``.
+        path: the PNG file to write.
+        title: the figure title. xlabel: the x axis label. bins: number of bins.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    plt = _pyplot()
+    sets = {k: torch.as_tensor(v).detach().double().cpu().flatten() for k, v in scores.items()}
+    finite = [v[torch.isfinite(v)] for v in sets.values()]
+    pooled = torch.cat(finite) if finite else torch.zeros(0, dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    if pooled.numel():
+        lo, hi = float(pooled.min()), float(pooled.max())
+        log = lo > 0 and hi / lo > 100
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        if log:
+            edges = torch.logspace(math.log10(lo), math.log10(hi), bins + 1)
+        else:
+            edges = torch.linspace(lo, hi, bins + 1)
+        for (name, v), f in zip(sets.items(), finite):
+            dropped = v.numel() - f.numel()
+            label = f"{name} (n={v.numel()}" + (f", {dropped} non-finite)" if dropped else ")")
+            ax.hist(f.numpy(), bins=edges.numpy(), density=True, histtype="stepfilled", alpha=0.35, label=label)
+        if log:
+            ax.set_xscale("log")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
     ax.grid(alpha=0.3)
     return _finish(fig, ax, path, title)

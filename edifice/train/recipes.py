@@ -122,6 +122,9 @@ class Recipe:
             ``wrap(nets)``, the single network).
         image_nll_n: test images :func:`edifice.train.evaluate` computes the NLL on by default (None: all of
             the evaluated ones; the ODE likelihoods cost hundreds of network calls per image, hence 64).
+        image_levels(options) -> int | None: pixel levels of a family that models quantised images (2 for the
+            binary families); :func:`edifice.train.evaluate` quantises the real images it compares samples
+            with to as many levels. None: continuous pixels.
         teachers: families whose runs may serve as this family's ``teacher`` option (a run folder; see
             :mod:`edifice.train.teachers`); empty: the family takes no teacher.
         teacher_defaults(teacher) -> dict: defaults (build options or settings) taken from the teacher run
@@ -153,6 +156,7 @@ class Recipe:
     eval_fn: Callable[..., dict[str, Any]] | None = None
     likelihood_kind: Callable[[Mapping[str, Any]], str] = field(default=lambda options: "density")
     image_nll_n: int | None = 64
+    image_levels: Callable[[Mapping[str, Any]], int | None] = field(default=lambda options: None)
     guidable: bool = False
     guide_fn: Callable[[Any, Callable[[Any], Any]], Any] | None = None
     teachers: tuple[str, ...] = ()

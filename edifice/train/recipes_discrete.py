@@ -67,9 +67,15 @@ def _rbm_sample(recipe, net, shape, cond, s, sampler, steps, generator, device):
     return recipe.family().sample(net, shape, steps=steps, generator=generator, device=device)
 
 
+def rbm_exact(visible: str, d: int, h: int) -> bool:
+    """Whether log Z of an RBM with ``d`` visible and ``h`` hidden units is summed exactly here: over the
+    smaller layer for Bernoulli visibles, over the hidden layer for Gaussian ones (at most 2^20 states)."""
+    return (min(d, h) if visible == "bernoulli" else h) <= _RBM_EXACT_HIDDEN
+
+
 def _rbm_log_prob(recipe, net, x, cond, s, generator):
-    """Exact log-likelihood when ``min(D, H) <= 20`` (log Z by enumeration); NaN (reported as no NLL) above."""
-    if min(net.W.shape) > _RBM_EXACT_HIDDEN:
+    """Exact log-likelihood when log Z can be enumerated (:func:`rbm_exact`); NaN (reported as no NLL) above."""
+    if not rbm_exact(net.config.get("visible", "bernoulli"), *net.W.shape):
         return torch.full((x.shape[0],), float("nan"), dtype=torch.float64)
     return recipe.family().log_prob(net, x)
 
@@ -181,7 +187,7 @@ def _autoregressive(name: str, summary: str, *, image_defaults: dict[str, Any],
                   default_sampler="sequential", settings={**_UNCOND, "temperature": 1.0}, point_defaults={},
                   image_defaults=image_defaults, loss_fn=_ar_loss, sample_fn=_ar_sample, log_prob_fn=_ar_log_prob,
                   check_settings=_ar_check, likelihood_kind=lambda options: "pmf", image_nll_n=None,
-                  variants=variants)
+                  image_levels=lambda options: options["build"].get("levels", 2), variants=variants)
 
 
 DISCRETE_RECIPES: dict[str, Recipe] = {
@@ -230,6 +236,7 @@ DISCRETE_RECIPES: dict[str, Recipe] = {
         sample_fn=_d3pm_sample,
         check_settings=_d3pm_check,
         eval_fn=_d3pm_eval,
+        image_levels=lambda options: options["build"]["categories"],
         # The discretised-Gaussian chain needs many categories to mix: with 2 it is still 0.76 / 0.24 after 100
         # steps (guides/autoregressive_and_discrete.md), so its variant quantises to 16 levels.
         variants={"absorbing": {"transition": "absorbing"}, "uniform": {"transition": "uniform"},
@@ -253,6 +260,7 @@ DISCRETE_RECIPES: dict[str, Recipe] = {
         check_settings=_rbm_check,
         eval_fn=_rbm_eval,
         likelihood_kind=_rbm_kind,
+        image_levels=lambda options: 2 if _rbm_kind(options) == "pmf" else None,
         image_nll_n=None,
         variants={"cd": {"persistent": False}, "pcd": {"persistent": True}},
     ),
