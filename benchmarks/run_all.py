@@ -20,6 +20,7 @@ import flows_nll
 import gan_losses
 import guidance_digits
 import latent_vs_pixel
+import leaderboard
 import likelihood_cost
 import main_job
 import sampler_overhead
@@ -47,6 +48,7 @@ BENCHMARKS = {
     "flows_nll": flows_nll.main,
     "few_step": few_step.main,
     "discrete_models": discrete_models.main,
+    "leaderboard": leaderboard.main,
 }
 
 

@@ -23,7 +23,8 @@ BENCH = ROOT / "benchmarks"
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 MACHINE_KEYS = {"date", "python", "torch", "threads", "cpu_count", "device"}
 NAMES = ["sampler_overhead", "train_throughput", "main_job", "sampler_overhead_score", "score_nll", "sampler_quality",
-         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses", "guidance_digits", "dit_throughput", "latent_vs_pixel", "flows_nll", "few_step", "discrete_models"]
+         "likelihood_cost", "vqvae_digits", "vae_mnist", "gan_losses", "guidance_digits", "dit_throughput", "latent_vs_pixel", "flows_nll", "few_step", "discrete_models",
+         "leaderboard"]
 
 
 def _positive(value, what: str) -> None:
@@ -269,3 +270,26 @@ def test_discrete_models(results):
             else:  # one call per pixel
                 assert cell["calls"] == int(size) ** 2, (row["model"], size, cell)
             _stat(cell["s_per_sample"], f"{row['model']}.{size}")
+
+
+def test_leaderboard(results):
+    r = results["leaderboard"]
+    cells = r["cells"]
+    assert {"moons/flow_matching", "moons/ddpm", "moons/vae", "digits/flow_matching", "digits/ddpm",
+            "digits/vae"} <= set(cells), sorted(cells)
+    for key, cell in cells.items():
+        assert "error" not in cell, f"{key}: {cell.get('error')}"
+        _positive(cell["peak_mem_mb"], f"{key}.peak_mem_mb")
+        for row in cell["rows"]:
+            what = f"{key}/{row['label']}"
+            m = row["metrics"]
+            _positive(row["calls"], f"{what}.calls")
+            _positive(row["sample_s"], f"{what}.sample_s")
+            if cell["data"] == "digits":  # the image metrics of edifice eval, on the digits feature network
+                for k in ("fd", "kid", "fd_real"):
+                    assert isinstance(m.get(k), float) and math.isfinite(m[k]), f"{what}.{k} = {m.get(k)!r}"
+                assert m["features"] == "digits"
+            else:
+                _positive(m["w2"], f"{what}.w2")
+    labels = [row["label"] for cell in cells.values() for row in cell["rows"]]
+    assert any("diffusers DDIM" in label for label in labels)  # the peer drives the same trained network
