@@ -123,7 +123,8 @@ def distillation_grid(T: int, student_steps: int) -> tuple[torch.Tensor, torch.T
     teacher = ddpm.timesteps(T, 2 * n, spacing="trailing")  # (2N,)
     t_next = torch.cat([student[1:], student.new_full((1,), -1)])  # (N,)
     t_mid = torch.minimum(torch.maximum(teacher[1::2], t_next + 1), student - 1)  # (N,)
-    assert bool((t_mid > t_next).all()), "trailing student steps are at least 2 apart when 2N <= T"
+    if not bool((t_mid > t_next).all()):  # cannot happen for 2N <= T: trailing student steps are >= 2 apart
+        raise RuntimeError(f"internal error: no teacher midpoint between student steps for T={T}, N={n}")
     return student, t_mid, t_next
 
 

@@ -225,7 +225,10 @@ def evaluate(
         else:
             out.update(w2=None, sliced_wasserstein=None, mmd=None, energy=None)
         if finite:
-            out.update(_fidelity(ref, samples, None))
+            from ..metrics.fidelity import precision_recall
+
+            # precision and recall in data space (FD / KID on raw points would repeat W2 and MMD)
+            out.update({k: _finite(v) for k, v in precision_recall(ref, samples).items()})
     else:
         out["mmd"] = _finite(M.mmd(samples.flatten(1), ref.flatten(1))) if finite else None
         if feature_net is not None and finite:
@@ -287,14 +290,6 @@ def _embed(net: Any, x: torch.Tensor) -> torch.Tensor:
     return f.reshape(f.shape[0], -1).double().cpu()
 
 
-def _fidelity(real: torch.Tensor, fake: torch.Tensor, prefix: str | None) -> dict[str, Any]:
-    from ..metrics.fidelity import fidelity_metrics, precision_recall
-
-    if prefix is None:  # points: precision and recall in data space (FD / KID would repeat W2 and MMD)
-        return {k: _finite(v) for k, v in precision_recall(real, fake).items()}
-    return {k: _finite(v) for k, v in fidelity_metrics(real, fake).items()}
-
-
 def _quantise(u: torch.Tensor, levels: int | None) -> torch.Tensor:
     """``[0, 1]`` images quantised to ``levels`` evenly spaced values as the binary / discrete families see them."""
     if levels is None:
@@ -307,29 +302,22 @@ def _quantise(u: torch.Tensor, levels: int | None) -> torch.Tensor:
 def _image_metrics(net: Any, samples: torch.Tensor, ref: torch.Tensor, data: Any, config: dict,
                    seed: int, levels: int | None) -> dict[str, Any]:
     """FD, KID, precision / recall / density / coverage on features, the real-data floor and class accuracy."""
-    import warnings
-
-    from ..metrics.fidelity import frechet_distance
+    from ..metrics.fidelity import fidelity_metrics, frechet_distance
 
     out: dict[str, Any] = {"features": getattr(net, "name", type(net).__name__)}
     dev = next((p.device for p in net.parameters()), torch.device("cpu")) if isinstance(net, torch.nn.Module) \
         else torch.device("cpu")
     f_real, f_fake = _embed(net, ref.to(dev)), _embed(net, samples.to(dev))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out.update(_fidelity(f_real, f_fake, "features"))
-        # The floor at this n: FD between as many real training images (a seeded draw) and the test images.
-        if data.train_x is not None:
-            idx = torch.randperm(data.train_x.shape[0], generator=torch.Generator().manual_seed(seed))[:ref.shape[0]]
-            train = _quantise(data.train_x[idx].float(), levels)
-            out["fd_real"] = _finite(frechet_distance(f_real, _embed(net, train.to(dev))))
-    small = [w for w in caught if type(w.message).__name__ == "FrechetSampleWarning"]
-    for w in caught:
-        if w not in small:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if small:
-        out["fd_warning"] = str(small[0].message)
-        warnings.warn(small[0].message, stacklevel=3)
+    out.update({k: _finite(v) for k, v in fidelity_metrics(f_real, f_fake).items()})  # warns itself when N <= D
+    # The floor at this n: FD between as many real training images (a seeded draw) and the test images.
+    if data.train_x is not None:
+        idx = torch.randperm(data.train_x.shape[0], generator=torch.Generator().manual_seed(seed))[:ref.shape[0]]
+        train = _quantise(data.train_x[idx].float(), levels)
+        out["fd_real"] = _finite(frechet_distance(f_real, _embed(net, train.to(dev))))
+    n, d = min(f_real.shape[0], f_fake.shape[0]), f_real.shape[1]
+    if n <= d:  # recorded beside the numbers too (FrechetSampleWarning explains it when it is raised)
+        out["fd_warning"] = (f"{n} samples for {d} feature dimensions: the covariances are rank-deficient and fd / "
+                             "fd_real are biased upward; use n >= 10 x the dimensions or compare kid")
     out["feature_dim"] = int(f_real.shape[1])
     num_classes = config["options"]["build"].get("num_classes")
     if num_classes is not None and getattr(net, "num_classes", None) == num_classes:
