@@ -17,7 +17,8 @@ import edifice
 
 from edifice.testing.cases import (CASES, LOSS_KWARGS, NOT_DENOISERS, OBJECTIVES, cond_for as _cond,
                                    draw as _draw, eval_mode as _eval, fresh as _fresh, modules as _modules,
-                                   named_parameters as _named_parameters, perturb as _perturb)
+                                   named_parameters as _named_parameters, on_device, perturb as _perturb,
+                                   to_device)
 
 PARAMS = [
     pytest.param(name, *case, id=f"{name}-{case[0]}")
@@ -36,18 +37,21 @@ def test_unknown_model_lists_valid_names():
 
 
 @pytest.mark.parametrize("name,case,opts,shape,skw,bad", PARAMS)
-def test_loss_is_finite_and_reaches_every_parameter(name, case, opts, shape, skw, bad):
+def test_loss_is_finite_and_reaches_every_parameter(name, case, opts, shape, skw, bad, device):
     fam = edifice.family(name)
-    nets = _fresh(name, opts)
+    nets = to_device(_fresh(name, opts), device)
     assert all(isinstance(m, torch.nn.Module) for m in _modules(nets))
     if not isinstance(nets, torch.nn.Module):
         assert hasattr(nets, "_fields"), "multi-network families return a NamedTuple of modules"
     _perturb(nets)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn((16, *shape), generator=g).clamp(-1, 1)
+    x = torch.randn((16, *shape), generator=g).clamp(-1, 1).to(device)
     extra = LOSS_KWARGS[name](opts) if name in LOSS_KWARGS else {}
+    extra = {k: to_device(v, device) if isinstance(v, torch.nn.Module) else v for k, v in extra.items()}
+    g_loss = torch.Generator(device=device).manual_seed(1)  # losses draw on their generator's device
     for objective in OBJECTIVES.get(name, ("loss",)):
-        loss, logs = getattr(fam, objective)(nets, x, generator=g, cond=_cond(opts, 16, g), **extra)
+        loss, logs = getattr(fam, objective)(nets, x, generator=g_loss, cond=on_device(_cond(opts, 16, g), device),
+                                             **extra)
         assert loss.ndim == 0 and torch.isfinite(loss), objective
         assert isinstance(logs, dict) and all(not v.requires_grad for v in logs.values())
         loss.backward()
@@ -56,13 +60,14 @@ def test_loss_is_finite_and_reaches_every_parameter(name, case, opts, shape, skw
 
 
 @pytest.mark.parametrize("name,case,opts,shape,skw,bad", PARAMS)
-def test_sample_shape_dtype_and_determinism(name, case, opts, shape, skw, bad):
+def test_sample_shape_dtype_and_determinism(name, case, opts, shape, skw, bad, device):
     fam = edifice.family(name)
     nets = _fresh(name, opts)
     _perturb(nets)
     _eval(nets)
-    a, b, c = (_draw(fam, nets, shape, skw, opts, s) for s in (0, 0, 1))
-    assert a.shape == (5, *shape) and a.dtype == torch.float32
+    to_device(nets, device)
+    a, b, c = (_draw(fam, nets, shape, skw, opts, s, device=device) for s in (0, 0, 1))
+    assert a.shape == (5, *shape) and a.dtype == torch.float32 and a.device.type == device.type
     assert torch.isfinite(a).all()
     assert torch.equal(a, b), "same seed must give the same bits"
     assert not torch.equal(a, c), "different seeds must give different samples"

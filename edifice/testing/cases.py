@@ -19,7 +19,7 @@ import torch
 import edifice
 
 __all__ = ["CASES", "NOT_DENOISERS", "LOSS_KWARGS", "OBJECTIVES", "PARAMS", "fresh", "cond_for", "modules",
-           "named_parameters", "perturb", "eval_mode", "draw", "iter_cases"]
+           "named_parameters", "perturb", "eval_mode", "draw", "iter_cases", "to_device", "on_device"]
 
 # family -> list of (case id, build options, data shape, sample kwargs, a bad option and the name in its error)
 CASES = {
@@ -257,9 +257,29 @@ def eval_mode(nets):
         m.eval()
 
 
-def draw(fam, nets, shape, skw, opts, seed, n=5):
-    """``n`` samples of a case under ``torch.no_grad()``, the noise from a generator seeded with ``seed``."""
+def to_device(nets, device):
+    """Move every network to ``device`` (in place) and return ``nets``."""
+    for m in modules(nets):
+        m.to(device)
+    return nets
+
+
+def on_device(cond, device):
+    """``cond`` with its tensors moved to ``device`` (None stays None)."""
+    if cond is None:
+        return None
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+
+
+def draw(fam, nets, shape, skw, opts, seed, n=5, device=None):
+    """``n`` samples of a case under ``torch.no_grad()``, the noise from a CPU generator seeded with ``seed``.
+
+    The noise is drawn on the CPU and moved to the networks' device, so a case gives the same bits'
+    starting noise on every device.
+    """
     g = torch.Generator().manual_seed(seed)
+    cond = cond_for(opts, n, torch.Generator().manual_seed(9))
+    if device is not None:
+        cond = on_device(cond, device)
     with torch.no_grad():
-        return fam.sample(nets, (n, *shape), generator=g, cond=cond_for(opts, n, torch.Generator().manual_seed(9)),
-                          **skw)
+        return fam.sample(nets, (n, *shape), generator=g, cond=cond, **skw)
